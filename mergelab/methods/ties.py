@@ -1,0 +1,121 @@
+"""TIES-Merging (Yadav et al., 2023): trim, elect sign, disjoint merge.
+
+Each task vector keeps its top `density` fraction of entries by magnitude (over the whole model or per
+tensor); each entry's sign is elected from the trimmed values (sign of their sum, or majority of their
+signs); entries whose vote is zero take the majority sign over the trimming scope, as the authors' code
+does; the kept entries that agree with the elected sign are averaged (`agg: mean`, the paper) or summed;
+expert weights scale the task vectors after election; the result is `theta_base + scale * merged`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mergelab.methods.base import MergeConfigError, MergeMethod, TensorContext, TrimRule
+from mergelab.methods.trim import keep_mask, tensor_trim_rule
+
+TRIM_SCOPES = ("global", "tensor")
+SIGN_RULES = ("sum", "count")
+AGGREGATIONS = ("mean", "sum")
+
+
+def check_choice(method: str, option: str, value: str, allowed: Sequence[str]) -> None:
+    """Raise MergeConfigError when `value` is not one of `allowed`."""
+    if value not in allowed:
+        raise MergeConfigError(f"method '{method}': {option}={value!r} is not one of {list(allowed)}")
+
+
+def check_density(method: str, density: float) -> None:
+    """Raise MergeConfigError when `density` is outside (0, 1]."""
+    if not 0.0 < density <= 1.0:
+        raise MergeConfigError(f"method '{method}': density={density} must be in (0, 1]")
+
+
+def sign_votes(task_vectors: Tensor, sign: str) -> Tensor:
+    """Per-entry vote over experts (dim 0): the sum of values (`sum`) or of their signs (`count`)."""
+    if sign == "sum":
+        return task_vectors.sum(dim=0)
+    return task_vectors.sign().sum(dim=0)
+
+
+def elect_sign(votes: Tensor, majority_sign: float | None) -> Tensor:
+    """Sign of each vote; zero votes take `majority_sign` (default: sign of this tensor's elected signs)."""
+    elected = votes.sign()
+    if majority_sign is None:
+        majority_sign = float(elected.sum().sign().item())
+    elected[elected == 0] = majority_sign if majority_sign != 0 else 1.0
+    return elected
+
+
+def disjoint_merge(task_vectors: Tensor, elected: Tensor, weights: Sequence[float], agg: str) -> Tensor:
+    """Weighted sum (`sum`) or weighted mean (`mean`) of the nonzero entries that agree with `elected`."""
+    agrees = (task_vectors.sign() == elected).to(task_vectors.dtype)
+    weight_column = torch.tensor(weights, dtype=task_vectors.dtype, device=task_vectors.device)
+    weight_column = weight_column.view(-1, *([1] * elected.dim()))
+    selected_weights = agrees * weight_column
+    merged = (task_vectors * selected_weights).sum(dim=0)
+    if agg == "mean":
+        merged /= selected_weights.sum(dim=0).clamp(min=torch.finfo(merged.dtype).tiny)
+    return merged
+
+
+@dataclass(frozen=True)
+class TiesParams:
+    density: float = 0.2
+    scale: float = 1.0
+    trim_scope: str = "global"
+    sign: str = "sum"
+    agg: str = "mean"
+    weights: tuple[float, ...] | None = None
+
+
+class Ties(MergeMethod):
+    """TIES-Merging; defaults follow the paper (density 0.2, scale 1, global trimming, sum sign, mean)."""
+
+    name = "ties"
+    Params = TiesParams
+
+    def validate(self) -> None:
+        check_density(self.name, self.params.density)
+        check_choice(self.name, "trim_scope", self.params.trim_scope, TRIM_SCOPES)
+        check_choice(self.name, "sign", self.params.sign, SIGN_RULES)
+        check_choice(self.name, "agg", self.params.agg, AGGREGATIONS)
+
+    @property
+    def needs_global_trim(self) -> bool:
+        return self.params.trim_scope == "global"
+
+    @property
+    def density(self) -> float:
+        return self.params.density
+
+    def trimmed_task_vectors(self, base: Tensor, experts: Sequence[Tensor], context: TensorContext) -> Tensor:
+        """Stack of task vectors (experts x tensor) with the trimmed entries set to zero."""
+        task_vectors = torch.stack(list(experts))
+        task_vectors -= base
+        for index, task_vector in enumerate(task_vectors):
+            magnitude = task_vector.abs()
+            rule = self._trim_rule(magnitude, index, context)
+            task_vector.mul_(keep_mask(magnitude, rule))
+        return task_vectors
+
+    def _trim_rule(self, magnitude: Tensor, index: int, context: TensorContext) -> TrimRule:
+        if context.trim is not None:
+            return context.trim[index]
+        if self.needs_global_trim:
+            raise ValueError(f"tensor '{context.name}': global trimming needs the engine's trim rules")
+        return tensor_trim_rule(magnitude, self.params.density)
+
+    def elected_sign_total(self, base: Tensor, experts: Sequence[Tensor], context: TensorContext) -> float:
+        votes = sign_votes(self.trimmed_task_vectors(base, experts, context), self.params.sign)
+        return float(votes.sign().sum().item())
+
+    def merge(self, base: Tensor, experts: Sequence[Tensor], context: TensorContext) -> Tensor:
+        task_vectors = self.trimmed_task_vectors(base, experts, context)
+        elected = elect_sign(sign_votes(task_vectors, self.params.sign), context.majority_sign)
+        merged = disjoint_merge(task_vectors, elected, self.expert_weights(len(experts)), self.params.agg)
+        return base + self.params.scale * merged

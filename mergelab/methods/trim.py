@@ -1,0 +1,121 @@
+"""Exact magnitude trimming: keep exactly `int(density * n)` entries of a task vector.
+
+Within one tensor the cut is found with `kthvalue`. Over a whole model (`trim_scope: global`) the cut is
+found by `MagnitudeSelector`, which streams tensors twice and refines a histogram over the float32 bit
+pattern of the magnitudes (non-negative floats order like their bits), so it is exact and never holds more
+than one tensor. Entries equal to the cut are kept first-come in flattened order until the count is met.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mergelab.methods.base import TrimRule
+
+_LOW_BITS = 16
+_HIGH_BINS = 1 << 15  # non-negative float32 bit patterns fit in 31 bits
+_LOW_BINS = 1 << _LOW_BITS
+_KEEP_NOTHING = TrimRule(threshold=float("inf"), ties_to_keep=0)
+
+
+def keep_count(n_entries: int, density: float) -> int:
+    """How many entries trimming keeps out of `n_entries` (the paper's code keeps one more)."""
+    return int(density * n_entries)
+
+
+def _bits(magnitude: Tensor) -> Tensor:
+    return magnitude.contiguous().view(torch.int32).flatten()
+
+
+def _float_of_bits(bits: int) -> float:
+    return torch.tensor([bits], dtype=torch.int32).view(torch.float32).item()
+
+
+def _cut_bin(histogram: Tensor, keep: int) -> tuple[int, int]:
+    """The bin holding the `keep`-th largest entry, and how many entries lie in higher bins."""
+    above = torch.flip(torch.cumsum(torch.flip(histogram, [0]), 0), [0])  # entries in bins >= b
+    cut = int(torch.nonzero(above >= keep)[-1].item())
+    higher = int(above[cut + 1].item()) if cut + 1 < len(above) else 0
+    return cut, higher
+
+
+def tensor_trim_rule(magnitude: Tensor, density: float) -> TrimRule:
+    """The rule keeping exactly `int(density * n)` of this tensor's largest magnitudes."""
+    n_entries = magnitude.numel()
+    keep = keep_count(n_entries, density)
+    if keep == 0:
+        return _KEEP_NOTHING
+    flat = magnitude.flatten()
+    threshold = flat.kthvalue(n_entries - keep + 1).values
+    above = int((flat > threshold).sum().item())
+    return TrimRule(threshold=float(threshold.item()), ties_to_keep=keep - above)
+
+
+def keep_mask(magnitude: Tensor, rule: TrimRule) -> Tensor:
+    """Boolean mask of the entries `rule` keeps: above the threshold, plus the first ties at it."""
+    mask = magnitude > rule.threshold
+    if rule.ties_to_keep <= 0:
+        return mask
+    ties = magnitude == rule.threshold
+    n_ties = int(ties.sum().item())
+    if n_ties > rule.ties_to_keep:
+        flat_ties = ties.flatten()
+        ties = (flat_ties & (torch.cumsum(flat_ties, 0) <= rule.ties_to_keep)).view_as(magnitude)
+    return mask | ties
+
+
+class MagnitudeSelector:
+    """Finds, exactly, the `keep`-th largest magnitude of a task vector streamed tensor by tensor.
+
+    Call `observe` on every tensor's magnitudes (pass 1), `next_pass`, `observe` on every tensor again in any
+    order (pass 2), then `result` gives the cut value and how many entries lie strictly above it, and
+    `rule_for`, called once per tensor in canonical order, hands out each tensor's `TrimRule`.
+    """
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.pass_index = 0
+        self._high = torch.zeros(_HIGH_BINS, dtype=torch.int64)
+        self._low = torch.zeros(_LOW_BINS, dtype=torch.int64)
+        self._cut_high = 0
+        self._above_high = 0
+        self._ties_left: int | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.keep == 0
+
+    def observe(self, magnitude: Tensor) -> None:
+        if self.done:
+            return
+        bits = _bits(magnitude.float())
+        if self.pass_index == 0:
+            counts = torch.bincount(bits >> _LOW_BITS, minlength=_HIGH_BINS)
+            self._high += counts.cpu()
+            return
+        in_bin = bits[(bits >> _LOW_BITS) == self._cut_high] & (_LOW_BINS - 1)
+        self._low += torch.bincount(in_bin, minlength=_LOW_BINS).cpu()
+
+    def next_pass(self) -> None:
+        if not self.done:
+            self._cut_high, self._above_high = _cut_bin(self._high, self.keep)
+        self.pass_index = 1
+
+    def result(self) -> tuple[float, int]:
+        """(threshold, number of entries strictly above it) for the whole stream."""
+        if self.done:
+            return _KEEP_NOTHING.threshold, 0
+        cut_low, above_low = _cut_bin(self._low, self.keep - self._above_high)
+        threshold = _float_of_bits((self._cut_high << _LOW_BITS) | cut_low)
+        return threshold, self._above_high + above_low
+
+    def rule_for(self, magnitude: Tensor) -> TrimRule:
+        """This tensor's rule; ties at the cut go to the earliest tensors until exactly `keep` are kept."""
+        threshold, above = self.result()
+        if self._ties_left is None:
+            self._ties_left = self.keep - above
+        ties = int((magnitude == threshold).sum().item()) if self._ties_left > 0 else 0
+        taken = min(ties, self._ties_left)
+        self._ties_left -= taken
+        return TrimRule(threshold=threshold, ties_to_keep=taken)
