@@ -1,0 +1,101 @@
+"""`mergelab.merge`: the Python entry point for merging checkpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mergelab.checkpoint import Checkpoint, open_checkpoint, sidecar_files
+from mergelab.engine import MergeReport, merge_checkpoints
+from mergelab.methods import MergeConfigError, MergeMethod, get_method
+from mergelab.output import CheckpointOutput
+
+CheckpointRef = str | Path | Mapping[str, torch.Tensor]
+
+
+def build_method(method: str | MergeMethod, hparams: Mapping[str, Any]) -> MergeMethod:
+    """A method instance from a name and hyperparameters (or an instance, which takes none)."""
+    if isinstance(method, MergeMethod):
+        if hparams:
+            raise MergeConfigError(f"hyperparameters {sorted(hparams)} given with an already built method")
+        return method
+    return get_method(method, **hparams)
+
+
+def merge_with_report(
+    base: CheckpointRef,
+    experts: Sequence[CheckpointRef],
+    method: str | MergeMethod,
+    out: str | Path | None = None,
+    *,
+    device: str = "auto",
+    overwrite: bool = False,
+    max_shard_size: int | str = "5GB",
+    progress: bool = True,
+    **hparams: Any,
+) -> tuple[dict[str, torch.Tensor] | Path, MergeReport]:
+    """Like `merge`, also returning the `MergeReport` (tensors, bytes, seconds, peak memory)."""
+    merge_method = build_method(method, hparams)
+    output = CheckpointOutput(out, overwrite=overwrite, max_shard_size=max_shard_size) if out else None
+    opened: list[Checkpoint] = []
+    try:
+        base_checkpoint = open_checkpoint(base, "base")
+        opened.append(base_checkpoint)
+        for index, expert in enumerate(experts):
+            opened.append(open_checkpoint(expert, f"expert {index} ({_describe(expert)})"))
+        if output is None:
+            state_dict, report = merge_checkpoints(
+                base_checkpoint, opened[1:], merge_method, device=device, progress=progress
+            )
+            return state_dict, report
+        with output:
+            infos = base_checkpoint.infos()
+            output.start(sorted(infos), infos, sidecar_files(base_checkpoint.directory))
+            _, report = merge_checkpoints(
+                base_checkpoint, opened[1:], merge_method, device=device, output=output, progress=progress
+            )
+            return output.finish(), report
+    finally:
+        for checkpoint in opened:
+            checkpoint.close()
+
+
+def merge(
+    base: CheckpointRef,
+    experts: Sequence[CheckpointRef],
+    method: str | MergeMethod,
+    out: str | Path | None = None,
+    *,
+    device: str = "auto",
+    overwrite: bool = False,
+    max_shard_size: int | str = "5GB",
+    progress: bool = True,
+    **hparams: Any,
+) -> dict[str, torch.Tensor] | Path:
+    """Merge `experts` into `base` with `method` (a registered name or a `MergeMethod`).
+
+    `base` and `experts` are model directories, safetensors files, hub ids or state dicts. Returns the
+    merged state dict when `out` is None; otherwise writes a Hugging Face model directory to `out` (with
+    the base's config and tokenizer) and returns its path.
+    """
+    result, report = merge_with_report(
+        base,
+        experts,
+        method,
+        out,
+        device=device,
+        overwrite=overwrite,
+        max_shard_size=max_shard_size,
+        progress=progress,
+        **hparams,
+    )
+    if progress:
+        print(report.summary())
+    return result
+
+
+def _describe(reference: CheckpointRef) -> str:
+    return "state dict" if isinstance(reference, Mapping) else str(reference)

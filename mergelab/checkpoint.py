@@ -1,0 +1,244 @@
+"""Checkpoints as mergelab sees them: a set of named tensors read one at a time, plus the files around them.
+
+A checkpoint is a Hugging Face model directory (single or sharded safetensors, or `.bin` weights), a single
+safetensors file, a hub id (downloaded through the hub cache; offline it must already be cached), or an
+in-memory state dict. `check_compatible` compares the experts with the base before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from mergelab.safetensors_io import SafetensorsError, SafetensorsReader
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+BIN_INDEX = "pytorch_model.bin.index.json"
+# Files copied from the base next to the merged weights (config, generation config, tokenizer).
+SIDECAR_PATTERNS = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "spiece.model",
+    "tokenizer.model",
+    "*.tiktoken",
+    "chat_template.jinja",
+)
+_VOCAB_TENSOR = re.compile(r"(embed|lm_head|wte|shared|word_embeddings|output\.weight$)")
+
+
+class CheckpointError(ValueError):
+    """An input checkpoint that cannot be merged; the message names the file, tensor or option at fault."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
+class Checkpoint(Protocol):
+    """What the engine needs from a checkpoint."""
+
+    label: str
+    directory: Path | None
+
+    def infos(self) -> dict[str, TensorInfo]: ...
+
+    def get(self, name: str) -> torch.Tensor: ...
+
+    def close(self) -> None: ...
+
+
+class StateDictCheckpoint:
+    """An in-memory state dict."""
+
+    def __init__(self, state_dict: Mapping[str, torch.Tensor], label: str) -> None:
+        self.label = label
+        self.directory = None
+        self._tensors = dict(state_dict)
+
+    def infos(self) -> dict[str, TensorInfo]:
+        return {name: TensorInfo(t.dtype, tuple(t.shape)) for name, t in self._tensors.items()}
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._tensors[name]
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class SafetensorsCheckpoint:
+    """One or more safetensors files read lazily, tensor by tensor."""
+
+    def __init__(self, files: Sequence[Path], label: str, directory: Path | None) -> None:
+        self.label = label
+        self.directory = directory
+        self._readers: list[SafetensorsReader] = []
+        self._where: dict[str, SafetensorsReader] = {}
+        try:
+            for path in files:
+                reader = SafetensorsReader(path)
+                self._readers.append(reader)
+                for name in reader.entries:
+                    self._where[name] = reader
+        except SafetensorsError as error:
+            self.close()
+            raise CheckpointError(str(error)) from None
+
+    def infos(self) -> dict[str, TensorInfo]:
+        return {
+            name: TensorInfo(reader.entries[name].dtype, reader.entries[name].shape)
+            for name, reader in self._where.items()
+        }
+
+    def get(self, name: str) -> torch.Tensor:
+        try:
+            return self._where[name].get(name)
+        except SafetensorsError as error:
+            raise CheckpointError(str(error)) from None
+
+    def close(self) -> None:
+        for reader in self._readers:
+            reader.close()
+
+
+class TorchBinCheckpoint(StateDictCheckpoint):
+    """`.bin` weights, loaded with `torch.load(weights_only=True, mmap=True)` so nothing executes."""
+
+    def __init__(self, files: Sequence[Path], label: str, directory: Path | None) -> None:
+        tensors: dict[str, torch.Tensor] = {}
+        for path in files:
+            try:
+                tensors.update(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+            except Exception as error:  # torch raises several types for a bad file
+                raise CheckpointError(f"{path}: cannot load weights ({error})") from None
+        super().__init__(tensors, label)
+        self.directory = directory
+
+
+def _index_files(directory: Path, index_name: str) -> list[Path]:
+    index_path = directory / index_name
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError) as error:
+        raise CheckpointError(f"{index_path}: corrupted index ({error})") from None
+    files = [directory / name for name in sorted(set(weight_map.values()))]
+    missing = [str(path) for path in files if not path.exists()]
+    if missing:
+        raise CheckpointError(f"{index_path}: shard file(s) missing: {missing}")
+    return files
+
+
+def _open_directory(directory: Path, label: str) -> Checkpoint:
+    if (directory / SAFETENSORS_INDEX).exists():
+        return SafetensorsCheckpoint(_index_files(directory, SAFETENSORS_INDEX), label, directory)
+    safetensors_files = sorted(directory.glob("*.safetensors"))
+    if safetensors_files:
+        return SafetensorsCheckpoint(safetensors_files, label, directory)
+    if (directory / BIN_INDEX).exists():
+        return TorchBinCheckpoint(_index_files(directory, BIN_INDEX), label, directory)
+    bin_files = sorted(directory.glob("*.bin"))
+    if bin_files:
+        return TorchBinCheckpoint(bin_files, label, directory)
+    raise CheckpointError(f"{directory}: no model weights found (*.safetensors or *.bin)")
+
+
+def _looks_like_hub_id(reference: str) -> bool:
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", reference) is not None
+
+
+def _download(hub_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(hub_id, allow_patterns=["*.safetensors", "*.json", *SIDECAR_PATTERNS]))
+    except Exception as error:  # offline, unknown repo, gated repo
+        raise CheckpointError(
+            f"'{hub_id}' is not a local path and could not be fetched from the Hugging Face hub "
+            f"({type(error).__name__}); download it first or pass a local directory"
+        ) from None
+
+
+def open_checkpoint(reference: str | Path | Mapping[str, torch.Tensor], label: str) -> Checkpoint:
+    """Open a model directory, a safetensors file, a hub id or a state dict for lazy reading."""
+    if isinstance(reference, Mapping):
+        return StateDictCheckpoint(reference, label)
+    path = Path(reference).expanduser()
+    if not path.exists():
+        if isinstance(reference, str) and _looks_like_hub_id(reference):
+            path = _download(reference)
+        else:
+            raise CheckpointError(f"{label}: path does not exist: {reference}")
+    if path.is_dir():
+        return _open_directory(path, label)
+    if path.suffix == ".safetensors":
+        return SafetensorsCheckpoint([path], label, path.parent)
+    if path.suffix in {".bin", ".pt", ".pth"}:
+        return TorchBinCheckpoint([path], label, path.parent)
+    raise CheckpointError(f"{label}: {path} is neither a model directory nor a weights file")
+
+
+def is_float(dtype: torch.dtype) -> bool:
+    return dtype.is_floating_point
+
+
+def check_compatible(base: Checkpoint, experts: Sequence[Checkpoint]) -> dict[str, TensorInfo]:
+    """The base's tensors, after checking every expert has exactly the same names and shapes."""
+    reference = base.infos()
+    for expert in experts:
+        infos = expert.infos()
+        missing = sorted(set(reference) - set(infos))
+        extra = sorted(set(infos) - set(reference))
+        if missing:
+            raise CheckpointError(f"{expert.label} is missing tensor(s) the base has: {_few(missing)}")
+        if extra:
+            raise CheckpointError(f"{expert.label} has tensor(s) the base lacks: {_few(extra)}")
+        for name, info in sorted(reference.items()):
+            other = infos[name]
+            if other.shape != info.shape:
+                raise CheckpointError(_shape_message(expert.label, name, info.shape, other.shape))
+            if is_float(info.dtype) != is_float(other.dtype):
+                raise CheckpointError(
+                    f"{expert.label}: tensor '{name}' is {other.dtype} but the base's is {info.dtype}"
+                )
+    return reference
+
+
+def _shape_message(label: str, name: str, base_shape: tuple, expert_shape: tuple) -> str:
+    message = (
+        f"{label}: shape mismatch for tensor '{name}': base {list(base_shape)} vs expert {list(expert_shape)}"
+    )
+    if (
+        _VOCAB_TENSOR.search(name)
+        and len(base_shape) == len(expert_shape)
+        and base_shape[0] != expert_shape[0]
+        and base_shape[1:] == expert_shape[1:]
+    ):
+        message += f" (vocabulary size mismatch: {base_shape[0]} vs {expert_shape[0]} tokens)"
+    return message
+
+
+def _few(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(f"'{name}'" for name in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def sidecar_files(directory: Path | None) -> list[Path]:
+    """The base's config, generation config and tokenizer files to copy next to merged weights."""
+    if directory is None:
+        return []
+    found = {path for pattern in SIDECAR_PATTERNS for path in directory.glob(pattern) if path.is_file()}
+    return sorted(found)

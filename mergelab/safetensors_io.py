@@ -1,0 +1,173 @@
+"""Streaming safetensors files: read one tensor at a time, write a shard tensor by tensor.
+
+mergelab reads with positioned reads instead of a memory map: a mapped file's resident pages count towards
+the process's memory and grow with the model, while a read into a fresh buffer costs one tensor. The writer
+lays out the header first (every shape is known before merging starts) and then appends each tensor's bytes
+as it is produced, so no shard is ever held in memory. Files are validated against the format on open, so
+a truncated or corrupted file is reported by name instead of failing deep inside a merge.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+_MAX_HEADER_BYTES = 100_000_000
+
+
+class SafetensorsError(ValueError):
+    """A safetensors file that cannot be read as one (truncated, corrupted, unknown dtype)."""
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor lives in a safetensors file."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int  # absolute byte offset in the file
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+
+def element_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def tensor_nbytes(dtype: torch.dtype, shape: Iterable[int]) -> int:
+    return math.prod(shape) * element_size(dtype)
+
+
+class SafetensorsReader:
+    """An open safetensors file whose tensors are read on demand."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.entries = self._read_header()
+        self._file = open(self.path, "rb")  # noqa: SIM115 - closed by close()
+
+    def _read_header(self) -> dict[str, TensorEntry]:
+        size = self.path.stat().st_size
+        with open(self.path, "rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise SafetensorsError(f"{self.path}: truncated safetensors file ({size} bytes, no header)")
+            header_bytes = int.from_bytes(prefix, "little")
+            if header_bytes > min(size - 8, _MAX_HEADER_BYTES):
+                raise SafetensorsError(
+                    f"{self.path}: corrupted or truncated safetensors file "
+                    f"(header claims {header_bytes} bytes, file has {size})"
+                )
+            try:
+                header = json.loads(handle.read(header_bytes))
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise SafetensorsError(f"{self.path}: corrupted safetensors header ({error})") from None
+        data_start = 8 + header_bytes
+        entries: dict[str, TensorEntry] = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            entries[name] = self._entry(name, info, data_start)
+        data_end = max((entry.end for entry in entries.values()), default=data_start)
+        if data_end > size:
+            raise SafetensorsError(
+                f"{self.path}: truncated safetensors file (tensors need {data_end} bytes, file has {size})"
+            )
+        return entries
+
+    def _entry(self, name: str, info: dict, data_start: int) -> TensorEntry:
+        try:
+            dtype = DTYPES[info["dtype"]]
+            shape = tuple(int(dim) for dim in info["shape"])
+            begin, end = (int(offset) for offset in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise SafetensorsError(f"{self.path}: corrupted safetensors entry for tensor '{name}'") from None
+        if end - begin != tensor_nbytes(dtype, shape):
+            raise SafetensorsError(f"{self.path}: corrupted safetensors entry for tensor '{name}' (bad size)")
+        return TensorEntry(dtype, shape, data_start + begin, data_start + end)
+
+    def get(self, name: str) -> torch.Tensor:
+        """A fresh CPU tensor holding `name`'s values."""
+        entry = self.entries[name]
+        buffer = torch.empty(entry.nbytes, dtype=torch.uint8)
+        if entry.nbytes:
+            read = os.preadv(self._file.fileno(), [buffer.numpy()], entry.start)
+            if read != entry.nbytes:
+                raise SafetensorsError(f"{self.path}: truncated while reading tensor '{name}'")
+        return buffer.view(entry.dtype).reshape(entry.shape)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
+class SafetensorsWriter:
+    """Writes one safetensors file whose tensors, in order, are known before their values are."""
+
+    def __init__(self, path: Path, tensors: list[PlannedTensor]) -> None:
+        self.path = Path(path)
+        self.order = [tensor.name for tensor in tensors]
+        self._expected = {tensor.name: tensor for tensor in tensors}
+        self._next = 0
+        header: dict[str, dict] = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for tensor in tensors:
+            nbytes = tensor_nbytes(tensor.dtype, tensor.shape)
+            header[tensor.name] = {
+                "dtype": DTYPE_NAMES[tensor.dtype],
+                "shape": list(tensor.shape),
+                "data_offsets": [offset, offset + nbytes],
+            }
+            offset += nbytes
+        encoded = json.dumps(header, separators=(",", ":")).encode()
+        encoded += b" " * (-len(encoded) % 8)
+        self._file = open(self.path, "wb")  # noqa: SIM115 - closed by close()
+        self._file.write(len(encoded).to_bytes(8, "little") + encoded)
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Append the next tensor; tensors must arrive in the planned order with the planned dtype and shape."""
+        expected = self._expected[self.order[self._next]]
+        if name != expected.name or tensor.dtype != expected.dtype or tuple(tensor.shape) != expected.shape:
+            raise ValueError(
+                f"{self.path}: expected tensor {expected}, got '{name}' {tensor.dtype} {tensor.shape}"
+            )
+        data = tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()
+        self._file.write(memoryview(data))
+        self._next += 1
+
+    @property
+    def complete(self) -> bool:
+        return self._next == len(self.order)
+
+    def close(self) -> None:
+        self._file.close()
