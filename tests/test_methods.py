@@ -9,34 +9,13 @@ from mergelab.methods import METHODS, MergeConfigError, TensorContext, get_metho
 from mergelab.methods.dare import keep_mask as dare_keep_mask
 from mergelab.methods.dare import mask_seed
 from mergelab.methods.trim import MagnitudeSelector, keep_mask, tensor_trim_rule
+from tests.reference import paper_ties
 
 CTX = TensorContext(name="layer.weight")
 
 
 def t(*values: float) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32)
-
-
-def paper_ties(base, experts, density, scale=1.0, majority_sign=None):
-    """The TIES paper's formula over one flattened tensor, written independently of mergelab.
-
-    Like the authors' code (kthvalue threshold, sign of the sum, zeros to the majority, disjoint mean),
-    but keeping exactly int(density * n) entries per task vector with first-in-order tie breaking.
-    """
-    task_vectors = torch.stack([expert - base for expert in experts])
-    count = int(density * task_vectors.shape[1])
-    trimmed = torch.zeros_like(task_vectors)
-    for row, vector in enumerate(task_vectors):
-        order = sorted(range(len(vector)), key=lambda i: (-abs(vector[i].item()), i))
-        for i in order[:count]:
-            trimmed[row, i] = vector[i]
-    sign = torch.sign(trimmed.sum(0))
-    majority = torch.sign(sign.sum()) if majority_sign is None else torch.tensor(majority_sign)
-    sign[sign == 0] = majority if majority != 0 else 1.0
-    keep = torch.where(sign > 0, trimmed > 0, trimmed < 0)
-    selected = trimmed * keep
-    merged = selected.sum(0) / (selected != 0).sum(0).clamp(min=1)
-    return base + scale * merged
 
 
 def test_average_hand_case_and_weights():
