@@ -53,10 +53,14 @@ def elect_sign(votes: Tensor, majority_sign: float | None) -> Tensor:
 
 def disjoint_merge(task_vectors: Tensor, elected: Tensor, weights: Sequence[float], agg: str) -> Tensor:
     """Weighted sum (`sum`) or weighted mean (`mean`) of the nonzero entries that agree with `elected`."""
-    agrees = (task_vectors.sign() == elected).to(task_vectors.dtype)
+    agrees = (task_vectors * elected) > 0
+    if all(weight == 1.0 for weight in weights):
+        merged = torch.where(agrees, task_vectors, 0.0).sum(dim=0)
+        if agg == "mean":
+            merged /= agrees.sum(dim=0).clamp(min=1)
+        return merged
     weight_column = torch.tensor(weights, dtype=task_vectors.dtype, device=task_vectors.device)
-    weight_column = weight_column.view(-1, *([1] * elected.dim()))
-    selected_weights = agrees * weight_column
+    selected_weights = agrees * weight_column.view(-1, *([1] * elected.dim()))
     merged = (task_vectors * selected_weights).sum(dim=0)
     if agg == "mean":
         merged /= selected_weights.sum(dim=0).clamp(min=torch.finfo(merged.dtype).tiny)
