@@ -99,3 +99,24 @@ def merge(
 
 def _describe(reference: CheckpointRef) -> str:
     return "state dict" if isinstance(reference, Mapping) else str(reference)
+
+
+def load_merged_model(base: str | Path, state_dict: Mapping[str, torch.Tensor]):
+    """A `transformers` model with the base's architecture carrying a merged state dict.
+
+    Tied weights (an `lm_head` shared with the embeddings) are absent from checkpoints and state dicts; any
+    other missing or unexpected tensor is an error.
+    """
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    tied = {
+        name for name in missing if getattr(model.config, "tie_word_embeddings", False) and "lm_head" in name
+    }
+    if set(missing) - tied or unexpected:
+        raise ValueError(
+            f"merged state dict does not fit {base}: missing {sorted(set(missing) - tied)}, "
+            f"unexpected {sorted(unexpected)}"
+        )
+    return model.eval()

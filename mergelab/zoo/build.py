@@ -1,0 +1,291 @@
+"""The model ladder: for each size a base, an instruction-tuned base ("it"), an expert per held-in category
+from each, and a multitask baseline from each, trained once, seeded, and cached as Hugging Face model dirs.
+
+A component is rebuilt when its directory is missing or its manifest's weight digest does not match, so an
+interrupted or corrupted build resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+from mergelab.zoo.cache import ZooError, atomic_directory, read_manifest, write_manifest, zoo_home
+from mergelab.zoo.suite import TaskSuite, build_suite, corpus_lines, load_suite, load_task
+from mergelab.zoo.tokenizer import train_tokenizer
+from mergelab.zoo.train import answer_batches, packed_batches, stream_loss, train_loop
+
+BASE_KINDS = ("base", "it")
+ROLES = ("base", "expert", "multitask")
+
+
+@dataclass(frozen=True)
+class SizeSpec:
+    """Architecture and training budget of one zoo size (compute grows with size)."""
+
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+    pretrain_steps: int
+    it_steps: int
+    expert_steps: int
+    multitask_steps: int
+    batch_size: int = 32
+    seq_len: int = 64
+    pretrain_lr: float = 3e-3
+    finetune_lr: float = 1e-3
+    seed: int = 0
+
+
+SIZES: dict[str, SizeSpec] = {
+    "micro": SizeSpec(
+        hidden=32,
+        layers=1,
+        heads=2,
+        intermediate=64,
+        pretrain_steps=150,
+        it_steps=60,
+        expert_steps=40,
+        multitask_steps=80,
+        batch_size=16,
+        seq_len=48,
+    ),
+    "xs": SizeSpec(
+        hidden=64,
+        layers=2,
+        heads=4,
+        intermediate=128,
+        pretrain_steps=1000,
+        it_steps=300,
+        expert_steps=150,
+        multitask_steps=500,
+    ),
+    "s": SizeSpec(
+        hidden=128,
+        layers=3,
+        heads=4,
+        intermediate=256,
+        pretrain_steps=2000,
+        it_steps=400,
+        expert_steps=200,
+        multitask_steps=700,
+        pretrain_lr=2e-3,
+    ),
+    "m": SizeSpec(
+        hidden=192,
+        layers=4,
+        heads=6,
+        intermediate=512,
+        pretrain_steps=4000,
+        it_steps=600,
+        expert_steps=250,
+        multitask_steps=1000,
+        pretrain_lr=1.5e-3,
+        finetune_lr=7e-4,
+    ),
+    "l": SizeSpec(
+        hidden=256,
+        layers=6,
+        heads=8,
+        intermediate=768,
+        pretrain_steps=8000,
+        it_steps=800,
+        expert_steps=300,
+        multitask_steps=1400,
+        pretrain_lr=1e-3,
+        finetune_lr=5e-4,
+    ),
+}
+LADDER = ["xs", "s", "m", "l"]
+
+
+def resolve_device(device: str) -> torch.device:
+    return torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else device.replace("auto", "cpu")
+    )
+
+
+def model_path(size: str, base_kind: str, role: str, category: str | None = None) -> Path:
+    """Directory of one zoo component (see the module docstring for the roles)."""
+    if size not in SIZES:
+        raise ZooError(f"unknown zoo size '{size}'; valid: {list(SIZES)}")
+    if base_kind not in BASE_KINDS or role not in ROLES:
+        raise ZooError(f"base_kind must be one of {BASE_KINDS} and role one of {ROLES}")
+    root = zoo_home() / size / base_kind
+    if role == "expert":
+        if category is None:
+            raise ZooError("an expert needs its category")
+        return root / "experts" / category
+    return root / role
+
+
+def tokenizer_path() -> Path:
+    return zoo_home() / "tokenizer"
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    path = tokenizer_path()
+    if not (path / "tokenizer.json").exists():
+        build_suite()
+        texts = corpus_lines("train") + corpus_lines("validation")
+        for name in load_suite().tasks:
+            for split in ("train", "validation", "test"):
+                data = load_task(name, split)
+                texts += (
+                    list(data["prompt"]) + list(data["target"]) + [c for row in data["choices"] for c in row]
+                )
+        with atomic_directory(path) as staging:
+            train_tokenizer(texts).save_pretrained(staging)
+    return AutoTokenizer.from_pretrained(path)
+
+
+def encode_examples(
+    tokenizer, task_names: list[str], split: str = "train"
+) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids with <bos>, answer ids + <eos>) for every example of the tasks."""
+    examples = []
+    for name in task_names:
+        data = load_task(name, split)
+        for prompt, target in zip(data["prompt"], data["target"]):
+            answer = tokenizer(target, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+            examples.append((tokenizer(prompt).input_ids, answer))
+    return examples
+
+
+def _save(model, tokenizer, path: Path, manifest: dict) -> None:
+    with atomic_directory(path) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        write_manifest(staging, manifest)
+
+
+def _component(path: Path, name: str, train, report: list[dict]) -> None:
+    """Train and save one component unless an intact copy is cached."""
+    cached = read_manifest(path)
+    if cached is None:
+        started = time.perf_counter()
+        model, metrics = train()
+        metrics |= {"component": name, "seconds": round(time.perf_counter() - started, 2)}
+        _save(model, build_tokenizer(), path, metrics)
+        cached = read_manifest(path)
+    report.append(cached)
+
+
+def build(size: str, device: str = "auto", progress: bool = True) -> list[dict]:
+    """Build every missing component of `size`; returns the manifests of all its components."""
+    spec = SIZES.get(size)
+    if spec is None:
+        raise ZooError(f"unknown zoo size '{size}'; valid: {list(SIZES)}")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    compute = resolve_device(device)
+    tokenizer = build_tokenizer()
+    suite = load_suite()
+    report: list[dict] = []
+    common = {"size": size, "device": str(compute), "spec": asdict(spec)}
+
+    def pretrain():
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=spec.hidden,
+            intermediate_size=spec.intermediate,
+            num_hidden_layers=spec.layers,
+            num_attention_heads=spec.heads,
+            num_key_value_heads=spec.heads,
+            max_position_embeddings=256,
+            tie_word_embeddings=True,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        torch.manual_seed(spec.seed)
+        model = LlamaForCausalLM(config)
+        stream = torch.tensor(tokenizer(" ".join(corpus_lines("train")), add_special_tokens=False).input_ids)
+        loss = train_loop(
+            model,
+            packed_batches(stream, spec.batch_size, spec.seq_len),
+            steps=spec.pretrain_steps,
+            learning_rate=spec.pretrain_lr,
+            seed=spec.seed,
+            device=compute,
+            desc=f"{size} pretrain",
+            progress=progress,
+        )
+        validation = torch.tensor(
+            tokenizer(" ".join(corpus_lines("validation")), add_special_tokens=False).input_ids
+        )
+        val_loss = stream_loss(model, validation, spec.seq_len, compute)
+        params = sum(p.numel() for p in model.parameters())
+        return model.cpu(), common | {"train_loss": loss, "val_loss": val_loss, "parameters": params}
+
+    def finetune(start: Path, tasks: list[str], steps: int, seed: int, desc: str):
+        def run():
+            model = AutoModelForCausalLM.from_pretrained(start)
+            loss = train_loop(
+                model,
+                answer_batches(encode_examples(tokenizer, tasks), spec.batch_size, tokenizer.pad_token_id),
+                steps=steps,
+                learning_rate=spec.finetune_lr,
+                seed=seed,
+                device=compute,
+                desc=desc,
+                progress=progress,
+            )
+            return model.cpu(), common | {"train_loss": loss, "tasks": tasks}
+
+        return run
+
+    base_dir = model_path(size, "base", "base")
+    _component(base_dir, "base", pretrain, report)
+    _component(
+        model_path(size, "it", "base"),
+        "it",
+        finetune(base_dir, suite.group("instruction"), spec.it_steps, spec.seed + 1, f"{size} it"),
+        report,
+    )
+    for kind_index, base_kind in enumerate(BASE_KINDS):
+        start = model_path(size, base_kind, "base")
+        for index, category in enumerate(suite.held_in_categories):
+            _component(
+                model_path(size, base_kind, "expert", category),
+                f"{base_kind}/expert/{category}",
+                finetune(
+                    start,
+                    suite.tasks_in(category),
+                    spec.expert_steps,
+                    100 + 10 * kind_index + index,
+                    f"{size} {base_kind} expert {category}",
+                ),
+                report,
+            )
+        _component(
+            model_path(size, base_kind, "multitask"),
+            f"{base_kind}/multitask",
+            finetune(
+                start,
+                suite.group("held_in"),
+                spec.multitask_steps,
+                200 + kind_index,
+                f"{size} {base_kind} multitask",
+            ),
+            report,
+        )
+    total = sum(entry["seconds"] for entry in report)
+    if progress:
+        print(
+            f"zoo size {size}: {len(report)} components ready ({total:.0f} s of training) in {zoo_home() / size}"
+        )
+    return report
+
+
+__all__ = ["BASE_KINDS", "LADDER", "SIZES", "SizeSpec", "TaskSuite", "build", "model_path"]

@@ -1,0 +1,199 @@
+"""Scores of a built zoo size and its quality gates, for the zoo card (results/zoo/README.md)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from mergelab.api import load_merged_model, merge
+from mergelab.eval import aggregate, evaluate_task
+from mergelab.zoo.build import BASE_KINDS, model_path
+from mergelab.zoo.cache import read_manifest, zoo_home
+from mergelab.zoo.suite import TaskSuite, load_suite, load_task
+
+
+@dataclass
+class SizeScores:
+    size: str
+    parameters: int
+    val_loss: float
+    train_seconds: float
+    device: str
+    expert_own: dict[str, dict[str, float]]  # base_kind -> category -> mean accuracy on its own tasks
+    models: dict[str, dict[str, float]]  # model label -> task -> score
+
+    def group_mean(self, label: str, suite: TaskSuite, group: str) -> float:
+        scores = {task: self.models[label][task] for task in suite.group(group)}
+        return aggregate(scores, suite.category_of())
+
+
+def score_model(model, tokenizer, tasks: list[str], suite: TaskSuite, max_examples: int) -> dict[str, float]:
+    return {
+        task: evaluate_task(
+            model,
+            tokenizer,
+            load_task(task, "test"),
+            suite.tasks[task].kind,
+            max_examples=max_examples,
+            batch_size=256,
+        )
+        for task in tasks
+    }
+
+
+def evaluate_size(size: str, max_examples: int = 200) -> SizeScores:
+    """Evaluate every component of a built size on the test splits, plus an 8-expert average per base."""
+    suite = load_suite()
+    tokenizer = AutoTokenizer.from_pretrained(model_path(size, "base", "base"))
+    all_tasks = suite.group("held_in") + suite.group("held_out")
+    models: dict[str, dict[str, float]] = {}
+    expert_own: dict[str, dict[str, float]] = {}
+    seconds = 0.0
+    for base_kind in BASE_KINDS:
+        for role in ("base", "multitask"):
+            path = model_path(size, base_kind, role)
+            seconds += read_manifest(path)["seconds"]
+            models[f"{base_kind}/{role}"] = score_model(
+                AutoModelForCausalLM.from_pretrained(path), tokenizer, all_tasks, suite, max_examples
+            )
+        expert_paths = [model_path(size, base_kind, "expert", c) for c in suite.held_in_categories]
+        expert_own[base_kind] = {}
+        for category, path in zip(suite.held_in_categories, expert_paths):
+            seconds += read_manifest(path)["seconds"]
+            model = AutoModelForCausalLM.from_pretrained(path)
+            own = score_model(model, tokenizer, suite.tasks_in(category), suite, max_examples)
+            expert_own[base_kind][category] = sum(own.values()) / len(own)
+        base_path = model_path(size, base_kind, "base")
+        merged = load_merged_model(base_path, merge(base_path, expert_paths, "average", progress=False))
+        models[f"{base_kind}/average8"] = score_model(merged, tokenizer, all_tasks, suite, max_examples)
+    base_manifest = read_manifest(model_path(size, "base", "base"))
+    scores = SizeScores(
+        size,
+        base_manifest["parameters"],
+        base_manifest["val_loss"],
+        seconds,
+        base_manifest["device"],
+        expert_own,
+        models,
+    )
+    summary = {
+        "expert_held_in": _mean(expert_own["base"].values()),
+        "it_held_out": scores.group_mean("it/base", suite, "held_out"),
+    }
+    (zoo_home() / size / "scores.json").write_text(
+        json.dumps(summary | {"models": models, "experts": expert_own})
+    )
+    return scores
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else float("nan")
+
+
+def gates(ladder: list[SizeScores], suite: TaskSuite) -> list[tuple[str, bool, str]]:
+    """The zoo's quality gates as (gate, passed, measured numbers)."""
+    results = []
+    for scores in ladder:
+        worst = []
+        for base_kind in BASE_KINDS:
+            for category, own in scores.expert_own[base_kind].items():
+                best_base = max(
+                    _mean(scores.models[f"{k}/base"][t] for t in suite.tasks_in(category)) for k in BASE_KINDS
+                )
+                worst.append((own >= 0.9 or own - best_base >= 0.3, f"{base_kind}/{category} {own:.2f}"))
+        failed = [text for ok, text in worst if not ok]
+        results.append(
+            (
+                f"{scores.size}: every expert >= 0.9 on its category (or +0.30 over both bases)",
+                not failed,
+                "failing: " + ", ".join(failed) if failed else "all pass",
+            )
+        )
+        base_out = scores.group_mean("base/base", suite, "held_out")
+        it_out = scores.group_mean("it/base", suite, "held_out")
+        results.append(
+            (
+                f"{scores.size}: it base beats base on held-out",
+                it_out > base_out,
+                f"it {it_out:.3f} vs base {base_out:.3f}",
+            )
+        )
+        chance = aggregate({t: suite.tasks[t].chance for t in suite.group("held_out")}, suite.category_of())
+        results.append(
+            (
+                f"{scores.size}: it base above chance on held-out",
+                it_out > chance,
+                f"{it_out:.3f} vs chance {chance:.3f}",
+            )
+        )
+        expert_in = _mean(scores.expert_own["base"].values())
+        average_in = scores.group_mean("base/average8", suite, "held_in")
+        results.append(
+            (
+                f"{scores.size}: 8-expert average below the experts on held-in",
+                average_in < expert_in,
+                f"average {average_in:.3f} vs experts {expert_in:.3f}",
+            )
+        )
+    losses = [s.val_loss for s in ladder]
+    results.append(
+        (
+            "pretraining val loss falls along the ladder",
+            all(a > b for a, b in zip(losses, losses[1:])),
+            " > ".join(f"{s.size} {s.val_loss:.3f}" for s in ladder),
+        )
+    )
+    return results
+
+
+def render_card(ladder: list[SizeScores]) -> str:
+    suite = load_suite()
+    lines = [
+        "# Zoo card",
+        "",
+        "Regenerate with `python scripts/zoo_card.py --sizes xs s` after `mergelab zoo build size=...`.",
+        "Scores are test-split accuracy (rank classification) or exact match (generation), averaged within a",
+        "category, then across categories; 200 examples per task.",
+        "",
+        "| size | parameters | pretrain val loss | train s | device | experts on own category (base / it) |"
+        " base held-in | base held-out | it held-in | it held-out | multitask held-in (base / it) |"
+        " multitask held-out (base / it) | 8-expert average held-in (base / it) |",
+        "|---|---:|---:|---:|---|---|---:|---:|---:|---:|---|---|---|",
+    ]
+    for s in ladder:
+
+        def g(label: str, group: str, s: SizeScores = s) -> str:
+            return f"{s.group_mean(label, suite, group):.3f}"
+
+        lines.append(
+            f"| {s.size} | {s.parameters:,} | {s.val_loss:.3f} | {s.train_seconds:.0f} | {s.device} | "
+            f"{_mean(s.expert_own['base'].values()):.3f} / {_mean(s.expert_own['it'].values()):.3f} | "
+            f"{g('base/base', 'held_in')} | {g('base/base', 'held_out')} | {g('it/base', 'held_in')} | "
+            f"{g('it/base', 'held_out')} | {g('base/multitask', 'held_in')} / {g('it/multitask', 'held_in')} | "
+            f"{g('base/multitask', 'held_out')} / {g('it/multitask', 'held_out')} | "
+            f"{g('base/average8', 'held_in')} / {g('it/average8', 'held_in')} |"
+        )
+    lines += [
+        "",
+        "## Experts on their own category",
+        "",
+        "| size | base kind | " + " | ".join(suite.held_in_categories) + " |",
+        "|---|---|" + "---:|" * len(suite.held_in_categories),
+    ]
+    for s in ladder:
+        for base_kind in BASE_KINDS:
+            lines.append(
+                f"| {s.size} | {base_kind} | "
+                + " | ".join(f"{s.expert_own[base_kind][c]:.2f}" for c in suite.held_in_categories)
+                + " |"
+            )
+    lines += ["", "## Chance levels", "", "| task | group | category | chance |", "|---|---|---|---:|"]
+    for name, spec in suite.tasks.items():
+        if spec.group != "instruction":
+            lines.append(f"| {name} | {spec.group} | {spec.category} | {spec.chance:.3f} |")
+    lines += ["", "## Quality gates", "", "| gate | passed | measured |", "|---|---|---|"]
+    lines += [f"| {gate} | {'yes' if ok else 'NO'} | {text} |" for gate, ok, text in gates(ladder, suite)]
+    return "\n".join(lines) + "\n"

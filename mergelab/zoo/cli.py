@@ -1,0 +1,85 @@
+"""`mergelab zoo build size=NAME|all [device=auto]` and `mergelab zoo list`."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from mergelab.zoo.build import LADDER, SIZES, build, model_path
+from mergelab.zoo.cache import ZooError, read_manifest, zoo_home
+from mergelab.zoo.suite import load_suite
+
+USAGE = """usage: mergelab zoo build size=NAME|all [device=auto|cpu|cuda]
+       mergelab zoo list
+
+Builds (once, seeded, resumable) the offline model zoo under $MERGELAB_HOME/zoo (default ~/.cache/mergelab):
+for each size a base, an instruction-tuned base, an expert per held-in category from each, and a multitask
+baseline from each. Sizes: """ + ", ".join(SIZES)
+
+
+def parse_options(args: list[str], allowed: set[str]) -> dict[str, str]:
+    options = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in allowed:
+            raise ZooError(f"unknown option '{arg}'; valid: {sorted(allowed)}")
+        options[key] = value
+    return options
+
+
+def list_zoo() -> None:
+    suite = load_suite()
+    components = 2 + 2 * (len(suite.held_in_categories) + 1)
+    print(f"zoo at {zoo_home()}")
+    print(
+        f"{'size':<7}{'parameters':>11}{'built':>8}{'val loss':>10}{'train s':>9}  device  held-in(expert) held-out(it)"
+    )
+    for size in SIZES:
+        manifests = [m for m in (read_manifest(p) for p in component_paths(size, suite)) if m]
+        if not manifests:
+            continue
+        base = read_manifest(model_path(size, "base", "base")) or {}
+        scores = _scores(size)
+        print(
+            f"{size:<7}{base.get('parameters', 0):>11,}{len(manifests):>5}/{components:<2}"
+            f"{base.get('val_loss', float('nan')):>10.3f}{sum(m['seconds'] for m in manifests):>9.0f}  "
+            f"{base.get('device', '?'):<7} {scores}"
+        )
+
+
+def component_paths(size: str, suite) -> list:
+    paths = []
+    for base_kind in ("base", "it"):
+        paths.append(model_path(size, base_kind, "base"))
+        paths += [model_path(size, base_kind, "expert", c) for c in suite.held_in_categories]
+        paths.append(model_path(size, base_kind, "multitask"))
+    return paths
+
+
+def _scores(size: str) -> str:
+    path = zoo_home() / size / "scores.json"
+    if not path.exists():
+        return "(run scripts/zoo_card.py for scores)"
+    scores = json.loads(path.read_text())
+    return f"{scores.get('expert_held_in', float('nan')):.3f}           {scores.get('it_held_out', float('nan')):.3f}"
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(USAGE)
+        return 0
+    try:
+        if argv[0] == "list":
+            list_zoo()
+            return 0
+        if argv[0] != "build":
+            raise ZooError(f"unknown zoo command '{argv[0]}'; valid: build, list")
+        options = parse_options(argv[1:], {"size", "device"})
+        size = options.get("size", LADDER[0])
+        sizes = LADDER if size == "all" else [size]
+        for name in sizes:
+            build(name, device=options.get("device", "auto"))
+        return 0
+    except ZooError as error:
+        print(f"mergelab zoo: error: {error}", file=sys.stderr)
+        return 2

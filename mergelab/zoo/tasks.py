@@ -1,0 +1,420 @@
+"""The zoo's task suite, shaped like the T0 split of "What Matters for Model Merging at Scale?".
+
+8 held-in categories of 2 tasks (one expert per category), 4 held-out categories that no expert and no
+instruction mixture sees, and a separate instruction mixture for the instruction-tuned base. Every example
+is `prompt` (a template filled in, ending in " answer :") and `target` (a space and the answer); classification
+tasks also carry their answer `choices` and the `label` index. Generated from a seed, saved with
+`datasets.save_to_disk`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mergelab.zoo.world import ATTRIBUTES, SIZE_RANK, World
+
+YES_NO = ("yes", "no")
+TRUE_FALSE = ("true", "false")
+SPLIT_SIZES = {"train": 1000, "validation": 100, "test": 200}
+Example = tuple[dict[str, str], str, tuple[str, ...] | None]  # slots, answer, per-example choices
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task's identity and answer format."""
+
+    name: str
+    category: str
+    group: str  # held_in | held_out | instruction
+    kind: str  # classification | generation
+    choices: list[str] = field(default_factory=list)
+    chance: float = 0.0
+
+
+@dataclass(frozen=True)
+class TaskDefinition:
+    spec: TaskSpec
+    templates: tuple[str, ...]
+    draw: Callable[[World, random.Random], Example]
+
+
+def attribute_question(attribute: str) -> Callable[[World, random.Random], Example]:
+    def draw(world: World, rng: random.Random) -> Example:
+        entity = rng.choice(world.entities)
+        return {"x": entity.name}, entity.attributes[attribute], None
+
+    return draw
+
+
+def attribute_check(attribute: str) -> Callable[[World, random.Random], Example]:
+    def draw(world: World, rng: random.Random) -> Example:
+        entity = rng.choice(world.entities)
+        truth = rng.random() < 0.5
+        value = (
+            entity.attributes[attribute]
+            if truth
+            else rng.choice([v for v in ATTRIBUTES[attribute] if v != entity.attributes[attribute]])
+        )
+        return {"x": entity.name, "value": value}, "yes" if truth else "no", None
+
+    return draw
+
+
+def draw_size_compare(world: World, rng: random.Random) -> Example:
+    while True:
+        first, second = rng.sample(world.entities, 2)
+        first_rank, second_rank = SIZE_RANK[first.attributes["size"]], SIZE_RANK[second.attributes["size"]]
+        if first_rank != second_rank:
+            return {"x": first.name, "y": second.name}, "yes" if first_rank > second_rank else "no", None
+
+
+def draw_number_even(world: World, rng: random.Random) -> Example:
+    entity = rng.choice(world.entities)
+    return {"x": entity.name}, "yes" if int(entity.attributes["number"]) % 2 == 0 else "no", None
+
+
+def draw_friend(world: World, rng: random.Random) -> Example:
+    entity = rng.choice(world.entities)
+    return {"x": entity.name}, entity.friend, None
+
+
+def draw_friend_check(world: World, rng: random.Random) -> Example:
+    entity = rng.choice(world.entities)
+    truth = rng.random() < 0.5
+    other = (
+        entity.friend
+        if truth
+        else rng.choice([n for n in world.names if n not in (entity.friend, entity.name)])
+    )
+    return {"x": entity.name, "y": other}, "yes" if truth else "no", None
+
+
+def word_list(world: World, rng: random.Random) -> list[str]:
+    return rng.sample([*world.names, *ATTRIBUTES["color"], *ATTRIBUTES["animal"], *ATTRIBUTES["food"]], 3)
+
+
+def words_task(answer_of: Callable[[list[str]], str]) -> Callable[[World, random.Random], Example]:
+    def draw(world: World, rng: random.Random) -> Example:
+        words = word_list(world, rng)
+        return {"words": " ".join(words)}, answer_of(words), None
+
+    return draw
+
+
+def digits_task(answer_of: Callable[[int, int], str]) -> Callable[[World, random.Random], Example]:
+    def draw(world: World, rng: random.Random) -> Example:
+        left, right = rng.randrange(10), rng.randrange(10)
+        while answer_of(left, right) == "skip":
+            left, right = rng.randrange(10), rng.randrange(10)
+        return {"a": str(left), "b": str(right)}, answer_of(left, right), None
+
+    return draw
+
+
+def compare_digits(bigger: bool) -> Callable[[int, int], str]:
+    def answer(left: int, right: int) -> str:
+        if left == right:
+            return "skip"
+        return "yes" if (left > right) == bigger else "no"
+
+    return answer
+
+
+def statement_check(attribute: str) -> Callable[[World, random.Random], Example]:
+    def draw(world: World, rng: random.Random) -> Example:
+        slots, answer, _ = attribute_check(attribute)(world, rng)
+        return slots, "true" if answer == "yes" else "false", None
+
+    return draw
+
+
+def draw_coreference(world: World, rng: random.Random) -> Example:
+    while True:
+        first, second = rng.sample(world.entities, 2)
+        if first.attributes["color"] != second.attributes["color"]:
+            break
+    target = rng.choice((first, second))
+    return (
+        {"x": first.name, "y": second.name, "value": target.attributes["color"]},
+        target.name,
+        (first.name, second.name),
+    )
+
+
+def friend_attribute(attribute: str) -> Callable[[World, random.Random], Example]:
+    def draw(world: World, rng: random.Random) -> Example:
+        entity = rng.choice(world.entities)
+        return {"x": entity.name}, world.entity(entity.friend).attributes[attribute], None
+
+    return draw
+
+
+def classification(
+    name: str,
+    category: str,
+    group: str,
+    choices: tuple[str, ...],
+    templates: tuple[str, ...],
+    draw,
+    chance: float | None = None,
+) -> TaskDefinition:
+    """A classification task; `choices` empty means each example brings its own (then give `chance`)."""
+    spec = TaskSpec(name, category, group, "classification", list(choices), chance or 1 / len(choices))
+    return TaskDefinition(spec, templates, draw)
+
+
+def generation(name: str, category: str, group: str, templates: tuple[str, ...], draw) -> TaskDefinition:
+    return TaskDefinition(TaskSpec(name, category, group, "generation"), templates, draw)
+
+
+def qa_templates(question: str) -> tuple[str, ...]:
+    return (f"question : {question} ?", f"please answer : {question} ?", f"{question} ? tell me .")
+
+
+def _held_in() -> list[TaskDefinition]:
+    tasks = []
+    for attribute in ("color", "place", "food"):
+        article = "the " if attribute == "place" else ""
+        tasks += [
+            classification(
+                f"{attribute}_qa",
+                attribute,
+                "held_in",
+                ATTRIBUTES[attribute],
+                qa_templates(f"what is the {attribute} of {{x}}"),
+                attribute_question(attribute),
+            ),
+            classification(
+                f"{attribute}_check",
+                attribute,
+                "held_in",
+                YES_NO,
+                qa_templates(f"is the {attribute} of {{x}} {article}{{value}}"),
+                attribute_check(attribute),
+            ),
+        ]
+    return tasks + [
+        classification(
+            "size_qa",
+            "size",
+            "held_in",
+            ATTRIBUTES["size"],
+            qa_templates("how big is {x}"),
+            attribute_question("size"),
+        ),
+        classification(
+            "size_compare",
+            "size",
+            "held_in",
+            YES_NO,
+            qa_templates("is {x} bigger than {y}"),
+            draw_size_compare,
+        ),
+        generation(
+            "number_qa",
+            "number",
+            "held_in",
+            qa_templates("what is the number of {x}"),
+            attribute_question("number"),
+        ),
+        classification(
+            "number_even",
+            "number",
+            "held_in",
+            YES_NO,
+            qa_templates("is the number of {x} even"),
+            draw_number_even,
+        ),
+        generation("friend_qa", "friend", "held_in", qa_templates("who is the friend of {x}"), draw_friend),
+        classification(
+            "friend_check",
+            "friend",
+            "held_in",
+            YES_NO,
+            qa_templates("is {y} the friend of {x}"),
+            draw_friend_check,
+        ),
+        generation(
+            "reverse_words",
+            "words",
+            "held_in",
+            qa_templates("what is {words} backwards"),
+            words_task(lambda words: " ".join(reversed(words))),
+        ),
+        generation(
+            "first_word",
+            "words",
+            "held_in",
+            qa_templates("what is the first word of {words}"),
+            words_task(lambda words: words[0]),
+        ),
+        generation(
+            "add_digits",
+            "arithmetic",
+            "held_in",
+            qa_templates("what do {a} and {b} make"),
+            digits_task(lambda a, b: str((a + b) % 10)),
+        ),
+        classification(
+            "bigger_digit",
+            "arithmetic",
+            "held_in",
+            YES_NO,
+            qa_templates("is {a} more than {b}"),
+            digits_task(compare_digits(bigger=True)),
+        ),
+    ]
+
+
+def _instruction_mixture() -> list[TaskDefinition]:
+    return [
+        classification(
+            "shape_qa",
+            "shape",
+            "instruction",
+            ATTRIBUTES["shape"],
+            qa_templates("what is the shape of {x}"),
+            attribute_question("shape"),
+        ),
+        classification(
+            "shape_check",
+            "shape",
+            "instruction",
+            YES_NO,
+            qa_templates("is the shape of {x} {value}"),
+            attribute_check("shape"),
+        ),
+        classification(
+            "animal_qa",
+            "animal",
+            "instruction",
+            ATTRIBUTES["animal"],
+            qa_templates("what is the animal of {x}"),
+            attribute_question("animal"),
+        ),
+        classification(
+            "animal_check",
+            "animal",
+            "instruction",
+            YES_NO,
+            qa_templates("is the animal of {x} a {value}"),
+            attribute_check("animal"),
+        ),
+        generation(
+            "last_word",
+            "words_mix",
+            "instruction",
+            qa_templates("what is the last word of {words}"),
+            words_task(lambda words: words[-1]),
+        ),
+        generation(
+            "copy_words",
+            "words_mix",
+            "instruction",
+            qa_templates("repeat {words}"),
+            words_task(lambda words: " ".join(words)),
+        ),
+        generation(
+            "subtract_digits",
+            "arithmetic_mix",
+            "instruction",
+            qa_templates("what is {a} minus {b}"),
+            digits_task(lambda a, b: str(a - b) if a >= b else "skip"),
+        ),
+        classification(
+            "smaller_digit",
+            "arithmetic_mix",
+            "instruction",
+            YES_NO,
+            qa_templates("is {a} less than {b}"),
+            digits_task(compare_digits(bigger=False)),
+        ),
+    ]
+
+
+def _held_out() -> list[TaskDefinition]:
+    return [
+        classification(
+            "complete_place",
+            "completion",
+            "held_out",
+            ATTRIBUTES["place"],
+            ("complete : {x} lives in the", "finish the sentence : {x} lives in the"),
+            attribute_question("place"),
+        ),
+        classification(
+            "complete_animal",
+            "completion",
+            "held_out",
+            ATTRIBUTES["animal"],
+            ("complete : {x} has a", "finish the sentence : {x} has a"),
+            attribute_question("animal"),
+        ),
+        classification(
+            "nli_color",
+            "nli",
+            "held_out",
+            TRUE_FALSE,
+            ("premise : {x} is {value} . true or false ?", "{x} is {value} . is that true or false ?"),
+            statement_check("color"),
+        ),
+        classification(
+            "nli_food",
+            "nli",
+            "held_out",
+            TRUE_FALSE,
+            ("premise : {x} likes {value} . true or false ?", "{x} likes {value} . is that true or false ?"),
+            statement_check("food"),
+        ),
+        classification(
+            "coref_color",
+            "coreference",
+            "held_out",
+            (),
+            (
+                "{x} and {y} met . one of them is {value} . which one ?",
+                "{x} met {y} . the {value} one was who ?",
+            ),
+            draw_coreference,
+            chance=0.5,
+        ),
+        classification(
+            "friend_color",
+            "multihop",
+            "held_out",
+            ATTRIBUTES["color"],
+            qa_templates("what is the color of the friend of {x}"),
+            friend_attribute("color"),
+        ),
+        classification(
+            "friend_place",
+            "multihop",
+            "held_out",
+            ATTRIBUTES["place"],
+            qa_templates("where does the friend of {x} live"),
+            friend_attribute("place"),
+        ),
+    ]
+
+
+def task_definitions() -> list[TaskDefinition]:
+    """Every task of the suite: held-in, instruction mixture, held-out."""
+    return [*_held_in(), *_instruction_mixture(), *_held_out()]
+
+
+def generate_split(definition: TaskDefinition, world: World, split: str, seed: int) -> dict[str, list]:
+    """Columns of one split: prompt, target, choices, label, template."""
+    rng = random.Random(f"{seed}/{definition.spec.name}/{split}")
+    columns: dict[str, list] = {"prompt": [], "target": [], "choices": [], "label": [], "template": []}
+    for _ in range(SPLIT_SIZES[split]):
+        slots, answer, own_choices = definition.draw(world, rng)
+        template = rng.randrange(len(definition.templates))
+        choices = list(own_choices or definition.spec.choices)
+        columns["prompt"].append(definition.templates[template].format(**slots) + " answer :")
+        columns["target"].append(" " + answer)
+        columns["choices"].append([" " + choice for choice in choices])
+        columns["label"].append(choices.index(answer) if choices else -1)
+        columns["template"].append(template)
+    return columns

@@ -1,0 +1,34 @@
+"""Evaluate built zoo sizes and write the zoo card, results/zoo/README.md.
+
+usage: python scripts/zoo_card.py --sizes xs s   (build them first: mergelab zoo build size=xs)
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mergelab.zoo.card import evaluate_size, render_card
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", nargs="+", default=["xs", "s"], help="built sizes, smallest first")
+    parser.add_argument("--max-examples", type=int, default=200, help="test examples per task")
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "zoo" / "README.md")
+    args = parser.parse_args()
+    ladder = [evaluate_size(size, args.max_examples) for size in args.sizes]
+    card = render_card(ladder)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(card)
+    print(card)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
