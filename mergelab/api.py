@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from mergelab.checkpoint import Checkpoint, open_checkpoint, sidecar_files
-from mergelab.engine import MergeReport, merge_checkpoints
+from mergelab.checkpoint import Checkpoint, CheckpointError, open_checkpoint, sidecar_files
+from mergelab.engine import MergeReport, check_inputs, merge_checkpoints
 from mergelab.methods import MergeConfigError, MergeMethod, get_method
 from mergelab.output import CheckpointOutput
 
@@ -39,28 +39,51 @@ def merge_with_report(
 ) -> tuple[dict[str, torch.Tensor] | Path, MergeReport]:
     """Like `merge`, also returning the `MergeReport` (tensors, bytes, seconds, peak memory)."""
     merge_method = build_method(method, hparams)
+    expert_refs = _expert_list(experts)
     output = CheckpointOutput(out, overwrite=overwrite, max_shard_size=max_shard_size) if out else None
+    if output is not None:
+        output.refuse_inputs(_local_paths([base, *expert_refs]))
     opened: list[Checkpoint] = []
     try:
         base_checkpoint = open_checkpoint(base, "base")
         opened.append(base_checkpoint)
-        for index, expert in enumerate(experts):
+        for index, expert in enumerate(expert_refs):
             opened.append(open_checkpoint(expert, f"expert {index} ({_describe(expert)})"))
+        expert_checkpoints = opened[1:]
+        infos, _ = check_inputs(base_checkpoint, expert_checkpoints, merge_method, device)
         if output is None:
-            state_dict, report = merge_checkpoints(
-                base_checkpoint, opened[1:], merge_method, device=device, progress=progress
+            return merge_checkpoints(
+                base_checkpoint, expert_checkpoints, merge_method, device=device, progress=progress
             )
-            return state_dict, report
         with output:
-            infos = base_checkpoint.infos()
             output.start(sorted(infos), infos, sidecar_files(base_checkpoint.directory))
             _, report = merge_checkpoints(
-                base_checkpoint, opened[1:], merge_method, device=device, output=output, progress=progress
+                base_checkpoint,
+                expert_checkpoints,
+                merge_method,
+                device=device,
+                output=output,
+                progress=progress,
             )
             return output.finish(), report
     finally:
         for checkpoint in opened:
             checkpoint.close()
+
+
+def _expert_list(experts: Sequence[CheckpointRef]) -> list[CheckpointRef]:
+    """The experts as a list; a single path or state dict passed by mistake is an error, not its characters."""
+    if isinstance(experts, (str, Path, Mapping)) or not isinstance(experts, Sequence):
+        raise CheckpointError(
+            f"experts must be a list of paths, hub ids or state dicts, not {type(experts).__name__}"
+        )
+    return list(experts)
+
+
+def _local_paths(references: Sequence[CheckpointRef]) -> list[Path]:
+    """The inputs that are files or directories on this machine."""
+    paths = [Path(ref).expanduser() for ref in references if not isinstance(ref, Mapping)]
+    return [path.resolve() for path in paths if path.exists()]
 
 
 def merge(

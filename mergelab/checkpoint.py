@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,8 @@ SIDECAR_PATTERNS = (
     "*.tiktoken",
     "chat_template.jinja",
 )
+# `.bin` files that Trainer saves beside the weights; never merged.
+NOT_WEIGHTS = frozenset({"training_args.bin", "optimizer.bin", "scheduler.bin", "scaler.bin"})
 _VOCAB_TENSOR = re.compile(r"(embed|lm_head|wte|shared|word_embeddings|output\.weight$)")
 
 
@@ -93,8 +96,12 @@ class SafetensorsCheckpoint:
                 reader = SafetensorsReader(path)
                 self._readers.append(reader)
                 for name in reader.entries:
+                    if name in self._where:
+                        raise CheckpointError(
+                            f"{label}: tensor '{name}' is stored twice, in {self._where[name].path} and {path}"
+                        )
                     self._where[name] = reader
-        except SafetensorsError as error:
+        except (SafetensorsError, CheckpointError) as error:
             self.close()
             raise CheckpointError(str(error)) from None
 
@@ -122,9 +129,17 @@ class TorchBinCheckpoint(StateDictCheckpoint):
         tensors: dict[str, torch.Tensor] = {}
         for path in files:
             try:
-                tensors.update(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+                # Only the zip format (torch >= 1.6) can be memory-mapped; older files are read whole.
+                mmap = zipfile.is_zipfile(path)
+                loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
             except Exception as error:  # torch raises several types for a bad file
                 raise CheckpointError(f"{path}: cannot load weights ({error})") from None
+            is_state_dict = isinstance(loaded, Mapping) and all(
+                isinstance(value, torch.Tensor) for value in loaded.values()
+            )
+            if not is_state_dict:
+                raise CheckpointError(f"{path}: not a state dict of tensors ({type(loaded).__name__})")
+            tensors.update(loaded)
         super().__init__(tensors, label)
         self.directory = directory
 
@@ -142,15 +157,25 @@ def _index_files(directory: Path, index_name: str) -> list[Path]:
     return files
 
 
+def _weight_files(directory: Path, single_name: str, suffix: str) -> list[Path]:
+    """The one standard weights file when present, else every `*{suffix}` file except training artifacts."""
+    if (directory / single_name).is_file():
+        return [directory / single_name]
+    return sorted(
+        path for path in directory.glob(f"*{suffix}") if path.is_file() and path.name not in NOT_WEIGHTS
+    )
+
+
 def _open_directory(directory: Path, label: str) -> Checkpoint:
+    """Safetensors first (index, `model.safetensors`, any `*.safetensors`), then `.bin` in the same order."""
     if (directory / SAFETENSORS_INDEX).exists():
         return SafetensorsCheckpoint(_index_files(directory, SAFETENSORS_INDEX), label, directory)
-    safetensors_files = sorted(directory.glob("*.safetensors"))
+    safetensors_files = _weight_files(directory, "model.safetensors", ".safetensors")
     if safetensors_files:
         return SafetensorsCheckpoint(safetensors_files, label, directory)
     if (directory / BIN_INDEX).exists():
         return TorchBinCheckpoint(_index_files(directory, BIN_INDEX), label, directory)
-    bin_files = sorted(directory.glob("*.bin"))
+    bin_files = _weight_files(directory, "pytorch_model.bin", ".bin")
     if bin_files:
         return TorchBinCheckpoint(bin_files, label, directory)
     raise CheckpointError(f"{directory}: no model weights found (*.safetensors or *.bin)")

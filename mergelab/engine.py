@@ -12,7 +12,8 @@ import ctypes
 import functools
 import resource
 import time
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,35 +82,61 @@ def peak_rss_bytes() -> int:
 
 
 class TensorStream:
-    """Reads (base, experts) for each name, one step ahead of the consumer, upcast to fp32 on `device`."""
+    """Reads (base, experts) name by name, one name ahead of the consumer, on a background thread.
+
+    Float tensors are upcast to float32 on the compute device by the reader thread too, so the stored-dtype
+    copies die there and the consumer only ever holds the float32 values it merges.
+    """
 
     def __init__(self, base: Checkpoint, experts: Sequence[Checkpoint], device: torch.device) -> None:
         self.base = base
         self.experts = experts
         self.device = device
 
-    def _read(self, name: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        return self.base.get(name), [expert.get(name) for expert in self.experts]
+    def _read(self, name: str, upcast: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        base = self.base.get(name)
+        experts = [expert.get(name) for expert in self.experts]
+        if not upcast:
+            return base, experts
+        return self.upcast(base), [self.upcast(expert) for expert in experts]
 
-    def raw(self, names: Sequence[str]) -> Iterator[tuple[str, torch.Tensor, list[torch.Tensor]]]:
-        """(name, base, experts) in their stored dtypes, prefetching the next name while one is used."""
-        if not names:
-            return
+    def read(
+        self, names: Sequence[str], float_names: Collection[str]
+    ) -> Iterator[tuple[str, torch.Tensor, list[torch.Tensor]]]:
+        """(name, base, experts) in `names` order: float32 on the device for `float_names`, else as stored."""
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergelab-read") as pool:
-            pending = pool.submit(self._read, names[0])
+            ahead: deque[Future] = deque(
+                pool.submit(self._read, name, name in float_names) for name in names[:1]
+            )
             for index, name in enumerate(names):
-                base, experts = pending.result()
                 if index + 1 < len(names):
-                    pending = pool.submit(self._read, names[index + 1])
-                yield name, base, experts
+                    upcoming = names[index + 1]
+                    ahead.append(pool.submit(self._read, upcoming, upcoming in float_names))
+                # No local keeps the tensors: once the consumer drops them they are freed.
+                yield (name, *ahead.popleft().result())
 
     def float32(self, names: Sequence[str]) -> Iterator[tuple[str, torch.Tensor, list[torch.Tensor]]]:
         """(name, base, experts) as float32 tensors on the compute device."""
-        for name, base, experts in self.raw(names):
-            yield name, self.upcast(base), [self.upcast(expert) for expert in experts]
+        return self.read(names, float_names=set(names))
 
     def upcast(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.to(device=self.device, dtype=torch.float32, non_blocking=True)
+        return tensor.to(device=self.device, dtype=torch.float32)
+
+
+def check_inputs(
+    base: Checkpoint, experts: Sequence[Checkpoint], method: MergeMethod, device: str
+) -> tuple[dict[str, TensorInfo], torch.device]:
+    """Everything that can be checked before a byte is written: the expert count, the device, tensor names,
+    shapes and float-ness, and method options that depend on the experts (one weight per expert).
+
+    Returns the base's tensor infos and the compute device.
+    """
+    if not experts:
+        raise CheckpointError("at least one expert is needed to merge")
+    compute_device = resolve_device(device)
+    infos = check_compatible(base, experts)
+    method.expert_weights(len(experts))
+    return infos, compute_device
 
 
 def merge_checkpoints(
@@ -122,11 +149,8 @@ def merge_checkpoints(
     progress: bool = True,
 ) -> tuple[dict[str, torch.Tensor] | None, MergeReport]:
     """Merge `experts` into `base` with `method`; write through `output`, or return a state dict."""
-    if not experts:
-        raise CheckpointError("at least one expert is needed to merge")
-    compute_device = resolve_device(device)
+    infos, compute_device = check_inputs(base, experts, method, device)
     keep_freed_memory_for_reuse()
-    infos = check_compatible(base, experts)
     names = sorted(infos)
     float_names = [name for name in names if is_float(infos[name].dtype)]
     started = time.perf_counter()
@@ -162,19 +186,21 @@ def _merge_pass(
     progress: bool,
 ) -> dict[str, torch.Tensor] | None:
     state_dict: dict[str, torch.Tensor] | None = None if output else {}
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergelab-write") as writer:
+    # The bar is updated by hand: wrapping the stream in tqdm would keep each item alive one step longer.
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergelab-write") as writer,
+        tqdm(total=len(names), desc="merge", disable=not progress) as bar,
+    ):
         pending: list[Future] = []
-        for name, base, experts in tqdm(
-            stream.raw(names), total=len(names), desc="merge", disable=not progress
-        ):
+        for name, base, experts in stream.read(names, float_names=contexts):
+            bar.update()
             if name in contexts:
-                merged = method.merge(
-                    stream.upcast(base), [stream.upcast(e) for e in experts], contexts[name]
-                )
+                merged = method.merge(base, experts, contexts[name])
                 result = merged.to(device="cpu", dtype=infos[name].dtype)
+                del merged
             else:
                 result = base  # non-float tensors and buffers are copied from the base
-            del experts
+            del base, experts
             if state_dict is not None:
                 state_dict[name] = result
                 continue

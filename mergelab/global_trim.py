@@ -27,23 +27,25 @@ def global_trim_contexts(
     n_entries = sum(math.prod(infos[name].shape) for name in names)
     selectors = [MagnitudeSelector(keep_count(n_entries, method.density)) for _ in stream.experts]
     for pass_name in ("trim: coarse histogram", "trim: fine histogram"):
-        for _, base, experts in tqdm(
-            stream.float32(names), total=len(names), desc=pass_name, disable=not progress
-        ):
-            for selector, expert in zip(selectors, experts):
-                selector.observe((expert - base).abs_())
+        with tqdm(total=len(names), desc=pass_name, disable=not progress) as bar:
+            for _, base, experts in stream.float32(names):
+                for selector, expert in zip(selectors, experts):
+                    selector.observe((expert - base).abs_())
+                del base, experts
+                bar.update()
         for selector in selectors:
             selector.next_pass()
     contexts: dict[str, TensorContext] = {}
     sign_total = 0.0
-    for name, base, experts in tqdm(
-        stream.float32(names), total=len(names), desc="trim: sign", disable=not progress
-    ):
-        rules = tuple(
-            selector.rule_for((expert - base).abs_()) for selector, expert in zip(selectors, experts)
-        )
-        contexts[name] = TensorContext(name=name, trim=rules)
-        sign_total += method.elected_sign_total(base, experts, contexts[name])
+    with tqdm(total=len(names), desc="trim: sign", disable=not progress) as bar:
+        for name, base, experts in stream.float32(names):
+            rules = tuple(
+                selector.rule_for((expert - base).abs_()) for selector, expert in zip(selectors, experts)
+            )
+            contexts[name] = TensorContext(name=name, trim=rules)
+            sign_total += method.elected_sign_total(base, experts, contexts[name])
+            del base, experts
+            bar.update()
     majority_sign = -1.0 if sign_total < 0 else 1.0
     return {
         name: TensorContext(name=name, trim=context.trim, majority_sign=majority_sign)

@@ -1,14 +1,22 @@
-"""`mergelab merge`: compose conf/merge_job.yaml with Hydra overrides and merge checkpoints."""
+"""`mergelab merge`: compose conf/merge_job.yaml with Hydra overrides and merge checkpoints.
+
+Only the method is composed through Hydra's defaults list (`merge=ties`, `merge.density=0.2`). The job keys
+(`base=`, `experts=[...]`, `out=`, ...) are parsed with Hydra's override grammar but applied to the composed
+config directly: `conf/` also holds the `experts` group of `mergelab run`, and Hydra would read
+`experts=[A,B]` as a choice from that group. Nothing is written by Hydra itself (no run or output dirs).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mergelab.checkpoint import CheckpointError
@@ -16,19 +24,24 @@ from mergelab.methods import METHODS, MergeConfigError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 JOB_KEYS = ("base", "experts", "out", "device", "overwrite", "max_shard_size", "progress")
+REQUIRED_KEYS = ("base", "experts", "out")
 
 
 def help_text() -> str:
+    """Usage, an example, and every method with its hyperparameters and their defaults."""
     lines = [
         "usage: mergelab merge merge=METHOD base=DIR 'experts=[A,B,...]' out=DIR [merge.OPTION=VALUE ...]",
-        "                      [device=auto|cpu|cuda] [overwrite=true] [max_shard_size=5GB]",
+        "                      [device=auto|cpu|cuda] [overwrite=true] [max_shard_size=5GB] [progress=false]",
         "",
         "Merges experts fine-tuned from one base into a Hugging Face model directory (sharded safetensors,",
-        "config and tokenizer copied from the base). Paths, safetensors files and hub ids are accepted.",
+        "config and tokenizer copied from the base). base and experts are model directories, safetensors",
+        "files or hub ids (a local path always wins). The output is written to a temporary directory beside",
+        "out and renamed into place when complete; an existing out is replaced only with overwrite=true.",
         "",
         "example: mergelab merge merge=ties base=/m/base 'experts=[/m/a,/m/b]' out=/m/merged merge.density=0.2",
         "",
-        "methods and their options (defaults from conf/merge/<method>.yaml):",
+        "methods and their options with defaults (the merge=METHOD default is ties; the values of",
+        "conf/merge/<method>.yaml are the paper defaults shown here):",
     ]
     for name, method in METHODS.items():
         options = ", ".join(f"{field.name}={field.default}" for field in dataclasses.fields(method.Params))
@@ -36,51 +49,73 @@ def help_text() -> str:
     return "\n".join(lines)
 
 
-def compose_job(overrides: list[str]):
-    """The composed job config; `merge.X=V` may add X so that the method itself judges unknown options."""
-    prepared = []
-    for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if key.startswith("merge.") and not override.startswith(("+", "~")):
-            override = "++" + override
-        elif key not in (*JOB_KEYS, "merge") and not key.startswith("merge."):
+def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """(Hydra overrides for the method, parsed values of the job keys); unknown keys are errors."""
+    method_overrides: list[str] = []
+    job_values: dict[str, Any] = {}
+    parser = OverridesParser.create()
+    for text in overrides:
+        override = parser.parse_overrides([text])[0]
+        key = override.key_or_group
+        if key == "merge" or key.startswith("merge."):
+            # `++` lets an unknown `merge.X` through so that the method names the valid options.
+            method_overrides.append(text if key == "merge" or text[0] in "+~" else "++" + text)
+        elif key in JOB_KEYS:
+            if override.is_add() or override.is_force_add() or override.is_delete():
+                raise MergeConfigError(f"{text}: write {key}=VALUE, without + or ~")
+            if override.is_sweep_override():
+                raise MergeConfigError(f"{text}: sweeps are not supported here; for a list write {key}=[A,B]")
+            job_values[key] = override.value()
+        else:
             raise MergeConfigError(
                 f"unknown option '{key}'; valid: merge, merge.<option>, {', '.join(JOB_KEYS)}"
             )
-        prepared.append(override)
+    return method_overrides, job_values
+
+
+def compose_job(overrides: list[str]) -> DictConfig:
+    """The composed job config: conf/merge_job.yaml, the chosen method's group file, then the job keys."""
+    method_overrides, job_values = split_overrides(overrides)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return compose(config_name="merge_job", overrides=prepared)
-
-
-def run(overrides: list[str]) -> int:
-    from mergelab.api import merge
-
-    config = compose_job(overrides)
-    missing = [key for key in ("base", "experts", "out") if OmegaConf.is_missing(config, key)]
+        config = compose(config_name="merge_job", overrides=method_overrides)
+    for key, value in job_values.items():
+        OmegaConf.update(config, key, value, merge=False)
+    missing = [key for key in REQUIRED_KEYS if OmegaConf.is_missing(config, key)]
     if missing:
         raise MergeConfigError(
             f"missing required option(s): {', '.join(missing)} (see `mergelab merge --help`)"
         )
-    experts = config.experts
-    if isinstance(experts, str) or not OmegaConf.is_list(experts):
-        raise MergeConfigError("experts must be a list, e.g. 'experts=[/m/a,/m/b]'")
+    if not OmegaConf.is_list(config.experts):
+        raise MergeConfigError(f"experts must be a list, e.g. 'experts=[/m/a,/m/b]', not {config.experts!r}")
+    for key in ("overwrite", "progress"):
+        if not isinstance(config[key], bool):
+            raise MergeConfigError(f"{key} must be true or false, not {config[key]!r}")
+    return config
+
+
+def run(overrides: list[str]) -> int:
+    """Compose the job and merge; the summary line goes to stdout."""
+    from mergelab.api import merge
+
+    config = compose_job(overrides)
     hparams = OmegaConf.to_container(config.merge, resolve=True)
     method = hparams.pop("method")
     merge(
         str(config.base),
-        [str(expert) for expert in experts],
+        [str(expert) for expert in config.experts],
         method,
         str(config.out),
-        device=config.device,
-        overwrite=bool(config.overwrite),
+        device=str(config.device),
+        overwrite=config.overwrite,
         max_shard_size=config.max_shard_size,
-        progress=bool(config.progress),
+        progress=config.progress,
         **hparams,
     )
     return 0
 
 
 def main(argv: list[str]) -> int:
+    """`mergelab merge [overrides]`: 0 on success; expected user errors print one line and return 2."""
     if any(arg in {"-h", "--help", "help"} for arg in argv):
         print(help_text())
         return 0

@@ -7,10 +7,12 @@ the checkpoint is complete; any failure (including a full disk) removes the temp
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import re
+import secrets
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -63,7 +65,7 @@ class CheckpointOutput:
         self.overwrite = overwrite
         self.max_shard_bytes = parse_size(max_shard_size)
         self.bytes_written = 0
-        self.temp_path = self.final_path.parent / f".{self.final_path.name}.partial-{os.getpid()}"
+        self.temp_path: Path | None = None
         self._writers: list[SafetensorsWriter] = []
         self._shard_of: dict[str, int] = {}
         if self.final_path.exists() and not overwrite:
@@ -71,19 +73,33 @@ class CheckpointOutput:
                 f"output {self.final_path} already exists; pass overwrite=true to replace it"
             )
 
+    def _fresh_sibling(self, kind: str) -> Path:
+        """A new hidden directory beside the output (created with the umask's permissions, unlike mkdtemp)."""
+        path = self.final_path.parent / f".{self.final_path.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
+        path.mkdir()
+        return path
+
+    def refuse_inputs(self, inputs: Sequence[Path]) -> None:
+        """Refuse an output that is, or contains, one of the inputs (replacing it would destroy an input)."""
+        for path in inputs:
+            if path == self.final_path or self.final_path in path.parents:
+                raise CheckpointError(
+                    f"output {self.final_path} would replace the input {path}; choose another out"
+                )
+
     def __enter__(self) -> CheckpointOutput:
         try:
             self.final_path.parent.mkdir(parents=True, exist_ok=True)
-            self.temp_path.mkdir()
+            self.temp_path = self._fresh_sibling("partial")
         except OSError as error:
             raise CheckpointError(f"output {self.final_path} is not writable ({error.strerror})") from None
         return self
 
     def __exit__(self, exc_type, exc, traceback) -> None:
+        """Remove the temporary directory unless `finish` moved it into place; name a full disk as such."""
         for writer in self._writers:
-            writer.close()
-        if exc is None:
-            return
+            with contextlib.suppress(OSError):  # flushing what is left fails again on a full disk
+                writer.close()
         shutil.rmtree(self.temp_path, ignore_errors=True)
         if isinstance(exc, OSError):
             raise _write_error(self.final_path, exc) from None
@@ -118,11 +134,16 @@ class CheckpointOutput:
             raise CheckpointError(f"merge ended before shards {incomplete} were complete")
         for writer in self._writers:
             writer.close()
-        if self.final_path.exists():
-            retired = self.final_path.parent / f".{self.final_path.name}.old-{os.getpid()}"
-            self.final_path.rename(retired)
-            self.temp_path.rename(self.final_path)
-            shutil.rmtree(retired)
+        if self.final_path.exists() or self.final_path.is_symlink():
+            retired = self._fresh_sibling("old")
+            self.final_path.rename(retired / self.final_path.name)
+            try:
+                self.temp_path.rename(self.final_path)
+            except OSError:
+                (retired / self.final_path.name).rename(self.final_path)  # put the old output back
+                raise
+            finally:
+                shutil.rmtree(retired, ignore_errors=True)
         else:
             self.temp_path.rename(self.final_path)
         return self.final_path

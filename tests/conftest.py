@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -59,6 +60,26 @@ def fine_tune_like(model, seed: int, noise: float = 0.02):
     return expert
 
 
+def save_bin(model, path: Path, n_shards: int = 1) -> None:
+    """Save `model` as `.bin` weights the way older `transformers` did (recent versions write only safetensors):
+    `pytorch_model.bin`, or `n_shards` files with a `pytorch_model.bin.index.json`."""
+    path.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(path)
+    state_dict = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    if n_shards == 1:
+        torch.save(state_dict, path / "pytorch_model.bin")
+        return
+    names = sorted(state_dict)
+    weight_map = {}
+    for index in range(n_shards):
+        file_name = f"pytorch_model-{index + 1:05d}-of-{n_shards:05d}.bin"
+        shard = {name: state_dict[name] for name in names[index::n_shards]}
+        torch.save(shard, path / file_name)
+        weight_map.update(dict.fromkeys(shard, file_name))
+    index_json = {"metadata": {}, "weight_map": weight_map}
+    (path / "pytorch_model.bin.index.json").write_text(json.dumps(index_json))
+
+
 def save_family(root: Path, base, n_experts: int, expert_formats: tuple[str, ...] = ()) -> dict:
     """Save base and experts under `root`; `expert_formats[i]` is 'sharded', 'bin' or 'single'."""
     base.save_pretrained(root / "base")
@@ -70,7 +91,7 @@ def save_family(root: Path, base, n_experts: int, expert_formats: tuple[str, ...
         if fmt == "sharded":
             expert.save_pretrained(path, max_shard_size="20KB")
         elif fmt == "bin":
-            expert.save_pretrained(path, safe_serialization=False)
+            save_bin(expert, path)
         else:
             expert.save_pretrained(path)
         experts.append(path)

@@ -166,3 +166,78 @@ def test_disk_full_while_writing_leaves_nothing(family, capsys, monkeypatch):
     code, err = run_merge(capsys, family["base"], family["experts"], out)
     assert code == 2 and f"disk full while writing {out}" in err
     assert_no_output(out)
+
+
+class FullDiskFile:
+    """A file on a disk that fills up after `capacity` bytes: writes, flushes and close all fail then."""
+
+    def __init__(self, handle, capacity: int) -> None:
+        self.handle = handle
+        self.capacity = capacity
+        self.full = False
+
+    def write(self, data) -> int:
+        size = memoryview(data).nbytes
+        if size > self.capacity:
+            self.full = True
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.capacity -= size
+        return self.handle.write(data)
+
+    def close(self) -> None:
+        """Closing flushes the buffered tail, which fails again once the disk is full."""
+        self.handle.close()
+        if self.full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_disk_filling_up_mid_shard_leaves_nothing(family, capsys, monkeypatch):
+    real_open = open
+
+    def open_on_small_disk(path, mode="r", *args, **kwargs):
+        handle = real_open(path, mode, *args, **kwargs)
+        return FullDiskFile(handle, capacity=50_000) if "w" in mode else handle
+
+    monkeypatch.setattr("mergelab.safetensors_io.open", open_on_small_disk, raising=False)
+    out = family["root"] / "out"
+    code, err = run_merge(capsys, family["base"], family["experts"], out, "merge=average")
+    assert code == 2 and f"disk full while writing {out}" in err
+    assert_no_output(out)
+
+
+def test_output_that_would_replace_an_input_is_refused(family, capsys):
+    base_files = sorted(path.name for path in family["base"].iterdir())
+    code, err = run_merge(capsys, family["base"], family["experts"][:1], family["base"], "overwrite=true")
+    assert code == 2 and f"output {family['base']} would replace the input {family['base']}" in err
+    assert sorted(path.name for path in family["base"].iterdir()) == base_files
+    code, err = run_merge(capsys, family["base"], family["experts"][:1], family["root"], "overwrite=true")
+    assert code == 2 and f"output {family['root']} would replace the input" in err
+
+
+def test_weights_not_matching_the_experts_fail_before_writing(family, capsys):
+    out = family["root"] / "out"
+    code, err = run_merge(
+        capsys, family["base"], family["experts"], out, "merge=average", "merge.weights=[1,2]"
+    )
+    assert code == 2 and "method 'average': weights has 2 entries for 3 experts" in err
+    assert_no_output(out)
+
+
+def test_unreachable_hub_id_is_named(family, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(family["root"])
+    out = family["root"] / "out"
+    code, err = run_merge(capsys, "no-such-org/no-such-model", family["experts"][:1], out)
+    assert code == 2 and "'no-such-org/no-such-model' is not a local path and could not be fetched" in err
+    assert_no_output(out)
+
+
+def test_experts_must_be_a_list_in_python(family, tmp_path):
+    from mergelab.api import merge
+    from mergelab.checkpoint import CheckpointError
+
+    with pytest.raises(
+        CheckpointError, match="experts must be a list of paths, hub ids or state dicts, not str"
+    ):
+        merge(family["base"], str(family["experts"][0]), "average", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

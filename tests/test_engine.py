@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import pytest
 import torch
@@ -49,7 +50,11 @@ def test_streaming_global_ties_equals_in_memory_paper_formula(sign):
     assert torch.equal(merged["layer.0.position_ids"], torch.arange(8))
 
 
-def test_global_ties_from_disk_is_independent_of_shard_layout_and_tensor_order(tmp_path):
+@pytest.mark.parametrize(
+    ("method", "hparams"),
+    [("ties", {"density": 0.3}), ("dare", {"density": 0.3, "combine": "ties", "seed": 7})],
+)
+def test_output_from_disk_is_independent_of_shard_layout_and_tensor_order(tmp_path, method, hparams):
     base, experts = random_model(seed=1)
     save_file(base, tmp_path / "base.safetensors")
     layouts = {}
@@ -66,9 +71,11 @@ def test_global_ties_from_disk_is_independent_of_shard_layout_and_tensor_order(t
                     save_file({name: expert[name]}, directory / f"part{position}.safetensors")
             paths.append(directory)
         out = tmp_path / f"out_{layout}"
-        merge(tmp_path / "base.safetensors", paths, "ties", out, density=0.3, device="cpu", progress=False)
+        merge(tmp_path / "base.safetensors", paths, method, out, device="cpu", progress=False, **hparams)
         layouts[layout] = file_digests(out)
     assert layouts["single"] == layouts["split"]
+    (merged,) = state_dicts([tmp_path / "out_single"])
+    assert not torch.equal(merged["embed.weight"], base["embed.weight"])
 
 
 def test_same_merge_twice_is_byte_identical(llama_family, tmp_path):
@@ -145,3 +152,15 @@ def test_existing_output_is_replaced_only_with_overwrite(llama_family, tmp_path)
     )
     assert file_digests(out) != first
     assert sorted(path.name for path in tmp_path.iterdir()) == ["merged"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # a normal directory, not a private temp dir
+
+
+def test_summary_line_reports_tensors_bytes_seconds_and_peak_memory(tmp_path, capsys):
+    base, experts = random_model(seed=3)
+    merge(base, experts, "average", tmp_path / "out", device="cpu")
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    total_bytes = sum(tensor.numel() * tensor.element_size() for tensor in base.values())
+    assert line.startswith(f"merged 5 tensors ({total_bytes / 2**20:.1f} MiB) in ")
+    assert " s on cpu; peak RSS " in line and line.endswith(f"GiB -> {tmp_path / 'out'}")
