@@ -1,9 +1,16 @@
 """Rank classification: pick the answer choice with the highest log-likelihood given the prompt.
 
-The prompt is tokenized with the tokenizer's special tokens and each choice without them, and the two id
-lists are concatenated, so a choice is scored on exactly its own tokens. Rows (example, choice) are batched
-with right padding; a choice's score is the sum of its tokens' log-probabilities, or their mean with
-`length_normalize`.
+Tokenization: the prompt is tokenized with the tokenizer's special tokens (e.g. a leading `<bos>`) and each
+choice separately without them; the model input is the concatenation of the two id lists. A choice is
+therefore scored on exactly its own tokens, never on tokens that merge across the prompt/choice boundary
+(the zoo's prompts end with a separator such as " Answer:" and its targets start with a space, so the two
+tokenizations agree with tokenizing `prompt + choice` as one text).
+
+Score of a choice = sum over its tokens of log p(token | prompt, previous choice tokens); with
+`length_normalize` the sum is divided by the number of choice tokens. Every (example, choice) pair is one
+row; rows of many examples share a forward pass (`batch_size` rows at a time), sorted by length so that
+batches carry little padding. Rows are right-padded with an attention mask: the real tokens of every row
+start at position 0, so the default position ids are correct and padding never changes a score.
 """
 
 from __future__ import annotations
@@ -13,9 +20,57 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from mergelab.eval.inputs import check_prompts, check_texts, encode, padding_id, resolve_device
 
-def model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
+
+def _rows(tokenizer, prompts: Sequence[str], choices: Sequence[Sequence[str]]):
+    """(example, choice index, prompt ids, choice ids) for every choice of every example."""
+    check_texts("prompts", prompts)
+    if len(prompts) != len(choices):
+        raise ValueError(
+            f"prompts and choices differ in length: {len(prompts)} prompts, {len(choices)} choice lists"
+        )
+    for example, options in enumerate(choices):
+        check_texts(f"choices[{example}]", options)
+        if not options:
+            raise ValueError(f"example {example} has no answer choices")
+    prompt_ids = encode(tokenizer, prompts, add_special_tokens=True)
+    check_prompts(prompts, prompt_ids)
+    unique_choices = sorted({option for options in choices for option in options})
+    choice_ids = dict(zip(unique_choices, encode(tokenizer, unique_choices, add_special_tokens=False)))
+    rows = []
+    for example, options in enumerate(choices):
+        for index, option in enumerate(options):
+            if not choice_ids[option]:
+                raise ValueError(f"choice {option!r} of example {example} tokenizes to no tokens")
+            rows.append((example, index, prompt_ids[example], choice_ids[option]))
+    return rows
+
+
+def _batch_tensors(batch, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded input ids, attention mask, and targets (-100 except where a choice token is predicted)."""
+    length = max(len(prompt) + len(choice) for _, _, prompt, choice in batch)
+    input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), length), dtype=torch.long)
+    targets = torch.full((len(batch), length), -100, dtype=torch.long)
+    for row, (_, _, prompt, choice) in enumerate(batch):
+        total = len(prompt) + len(choice)
+        input_ids[row, :total] = torch.tensor(prompt + choice)
+        attention_mask[row, :total] = 1
+        # the logits at position t predict token t + 1: choice token j sits at len(prompt) + j
+        targets[row, len(prompt) - 1 : total - 1] = torch.tensor(choice)
+    return input_ids, attention_mask, targets
+
+
+def token_log_prob_sums(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per row, the sum of log-softmax(logits)[t, targets[t]] over positions whose target is not -100.
+
+    The log-softmax is taken only at those positions (a few per row), not over the whole padded batch.
+    """
+    rows, positions = (targets != -100).nonzero(as_tuple=True)
+    log_probs = torch.log_softmax(logits[rows, positions].float(), dim=-1)
+    picked = log_probs.gather(-1, targets[rows, positions].unsqueeze(-1)).squeeze(-1)
+    return torch.zeros(targets.shape[0], dtype=picked.dtype, device=picked.device).index_add_(0, rows, picked)
 
 
 @torch.no_grad()
@@ -25,43 +80,58 @@ def choice_scores(
     prompts: Sequence[str],
     choices: Sequence[Sequence[str]],
     *,
-    batch_size: int = 64,
+    batch_size: int = 32,
     length_normalize: bool = False,
-    device: torch.device | None = None,
+    device: str | torch.device | None = None,
     progress: bool = True,
+    desc: str = "rank",
 ) -> list[list[float]]:
-    """Score of every choice of every example (sum or mean of its token log-probabilities)."""
-    device = device or model_device(model)
-    rows: list[tuple[int, list[int], list[int]]] = []
-    for example, (prompt, options) in enumerate(zip(prompts, choices)):
-        prompt_ids = tokenizer(prompt).input_ids
-        for option in options:
-            rows.append((example, prompt_ids, tokenizer(option, add_special_tokens=False).input_ids))
-    scores: list[list[float]] = [[] for _ in prompts]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for start in tqdm(range(0, len(rows), batch_size), desc="rank", disable=not progress, leave=False):
-        batch = rows[start : start + batch_size]
-        length = max(len(p) + len(c) for _, p, c in batch)
-        input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), length), dtype=torch.long)
-        for row, (_, prompt_ids, choice_ids) in enumerate(batch):
-            ids = prompt_ids + choice_ids
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            attention_mask[row, : len(ids)] = 1
+    """Score of every choice of every example: summed (or, length-normalized, mean) token log-probability.
+
+    `model(input_ids=..., attention_mask=...).logits` is all that is used, so any causal LM with the
+    Hugging Face interface works. `batch_size` counts (example, choice) rows per forward pass.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    rows = _rows(tokenizer, prompts, choices)
+    device = resolve_device(model, device)
+    pad_id = padding_id(tokenizer)
+    order = sorted(range(len(rows)), key=lambda r: len(rows[r][2]) + len(rows[r][3]), reverse=True)
+    scores = [[0.0] * len(options) for options in choices]
+    for start in tqdm(
+        range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch", leave=False
+    ):
+        batch = [rows[r] for r in order[start : start + batch_size]]
+        input_ids, attention_mask, targets = _batch_tensors(batch, pad_id)
         logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-        log_probs = torch.log_softmax(logits.float(), dim=-1).cpu()
-        for row, (example, prompt_ids, choice_ids) in enumerate(batch):
-            positions = torch.arange(len(prompt_ids) - 1, len(prompt_ids) + len(choice_ids) - 1)
-            score = log_probs[row, positions, torch.tensor(choice_ids)].sum().item()
-            scores[example].append(score / len(choice_ids) if length_normalize else score)
+        sums = token_log_prob_sums(logits, targets.to(device)).cpu().tolist()
+        for (example, index, _, choice), total in zip(batch, sums):
+            scores[example][index] = total / len(choice) if length_normalize else total
     return scores
 
 
 def rank_classification(
-    model, tokenizer, prompts: Sequence[str], choices: Sequence[Sequence[str]], **options
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    choices: Sequence[Sequence[str]],
+    *,
+    batch_size: int = 32,
+    length_normalize: bool = False,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    desc: str = "rank",
 ) -> list[int]:
-    """Index of the best-scoring choice per example (ties go to the first)."""
-    return [
-        max(range(len(row)), key=row.__getitem__)
-        for row in choice_scores(model, tokenizer, prompts, choices, **options)
-    ]
+    """Index of the best-scoring choice per example (see `choice_scores`; a tie goes to the first choice)."""
+    scores = choice_scores(
+        model,
+        tokenizer,
+        prompts,
+        choices,
+        batch_size=batch_size,
+        length_normalize=length_normalize,
+        device=device,
+        progress=progress,
+        desc=desc,
+    )
+    return [max(range(len(row)), key=row.__getitem__) for row in scores]

@@ -1,0 +1,107 @@
+"""Per-task evaluation: accuracy by rank classification or exact match by greedy generation."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from mergelab.eval.generate import exact_match, greedy_generate
+from mergelab.eval.rank import rank_classification
+
+KINDS = ("classification", "generation")
+METRICS_DIR = Path(__file__).parent / "metrics"
+
+
+def metric_path(name: str) -> str:
+    """Directory of a shipped `evaluate` metric module: `evaluate.load(metric_path("accuracy"))` works offline."""
+    path = METRICS_DIR / name
+    if not (path / f"{name}.py").is_file():
+        shipped = sorted(p.name for p in METRICS_DIR.iterdir() if (p / f"{p.name}.py").is_file())
+        raise KeyError(f"unknown metric '{name}'; shipped: {shipped}")
+    return str(path)
+
+
+def _columns(dataset, kind: str) -> None:
+    needed = ["prompt", "choices", "label"] if kind == "classification" else ["prompt", "target"]
+    missing = [column for column in needed if column not in dataset.column_names]
+    if missing:
+        raise ValueError(f"{kind} dataset lacks columns {missing}; it has {dataset.column_names}")
+
+
+def evaluate_task(
+    model,
+    tokenizer,
+    dataset,
+    kind: str,
+    *,
+    batch_size: int = 32,
+    length_normalize: bool = False,
+    max_examples: int | None = None,
+    max_new_tokens: int | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    desc: str | None = None,
+) -> float:
+    """Accuracy (kind "classification") or exact match (kind "generation") of `model` on `dataset`, in [0, 1].
+
+    `dataset` is a `datasets.Dataset` with the zoo's columns (prompt, target, choices, label); the first
+    `max_examples` rows are used when given. Generation gets `max_new_tokens` = the longest target's token
+    count + 1 unless given (the extra token exposes answers that run on past the target).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown task kind '{kind}'; valid: {list(KINDS)}")
+    _columns(dataset, kind)
+    if max_examples is not None and len(dataset) > max_examples:
+        dataset = dataset.select(range(max_examples))
+    if len(dataset) == 0:
+        raise ValueError("dataset has no examples to evaluate")
+    prompts = list(dataset["prompt"])
+    if kind == "classification":
+        predictions = rank_classification(
+            model,
+            tokenizer,
+            prompts,
+            list(dataset["choices"]),
+            batch_size=batch_size,
+            length_normalize=length_normalize,
+            device=device,
+            progress=progress,
+            desc=desc or "rank",
+        )
+        labels = list(dataset["label"])
+        return sum(int(p == label) for p, label in zip(predictions, labels)) / len(labels)
+    targets = list(dataset["target"])
+    if max_new_tokens is None:
+        max_new_tokens = max(len(ids) for ids in tokenizer(targets, add_special_tokens=False).input_ids) + 1
+    outputs = greedy_generate(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        desc=desc or "generate",
+    )
+    return exact_match(outputs, targets)
+
+
+def evaluate_tasks(
+    model, tokenizer, datasets: Mapping[str, tuple[object, str]], *, progress: bool = True, **options
+) -> dict[str, float]:
+    """`evaluate_task` over named (dataset, kind) pairs, one progress bar per task and a summary line."""
+    started = time.perf_counter()
+    scores = {
+        name: evaluate_task(model, tokenizer, dataset, kind, progress=progress, desc=name, **options)
+        for name, (dataset, kind) in datasets.items()
+    }
+    if progress and scores:
+        mean = sum(scores.values()) / len(scores)
+        tqdm.write(
+            f"evaluated {len(scores)} tasks in {time.perf_counter() - started:.1f} s; mean score {mean:.3f}"
+        )
+    return scores
