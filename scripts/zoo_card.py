@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mergelab.zoo.card import evaluate_size, render_card
+import torch
+
+from mergelab.zoo.card import evaluate_size, load_size_scores, render_card
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,10 +21,24 @@ def main() -> int:
     )
     parser.add_argument("--sizes", nargs="+", default=["xs", "s"], help="built sizes, smallest first")
     parser.add_argument("--max-examples", type=int, default=200, help="test examples per task")
+    parser.add_argument(
+        "--cached", action="store_true", help="re-render from the scores saved by an earlier evaluation"
+    )
+    parser.add_argument("--note", action="append", default=[], help="a note for the card (repeatable)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads (the zoo models are tiny; 1 avoids oversubscription)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "results" / "zoo" / "README.md")
     args = parser.parse_args()
-    ladder = [evaluate_size(size, args.max_examples) for size in args.sizes]
-    card = render_card(ladder)
+    torch.set_num_threads(args.threads)
+    ladder = [
+        load_size_scores(size) if args.cached else evaluate_size(size, args.max_examples)
+        for size in args.sizes
+    ]
+    card = render_card(ladder, args.note)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(card)
     print(card)

@@ -9,8 +9,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mergelab.api import load_merged_model, merge
 from mergelab.eval import aggregate, evaluate_task
-from mergelab.zoo.build import BASE_KINDS, model_path
 from mergelab.zoo.cache import read_manifest, zoo_home
+from mergelab.zoo.ladder import BASE_KINDS, model_path
 from mergelab.zoo.suite import TaskSuite, load_suite, load_task
 
 
@@ -50,34 +50,22 @@ def evaluate_size(size: str, max_examples: int = 200) -> SizeScores:
     all_tasks = suite.group("held_in") + suite.group("held_out")
     models: dict[str, dict[str, float]] = {}
     expert_own: dict[str, dict[str, float]] = {}
-    seconds = 0.0
     for base_kind in BASE_KINDS:
         for role in ("base", "multitask"):
             path = model_path(size, base_kind, role)
-            seconds += read_manifest(path)["seconds"]
             models[f"{base_kind}/{role}"] = score_model(
                 AutoModelForCausalLM.from_pretrained(path), tokenizer, all_tasks, suite, max_examples
             )
         expert_paths = [model_path(size, base_kind, "expert", c) for c in suite.held_in_categories]
         expert_own[base_kind] = {}
         for category, path in zip(suite.held_in_categories, expert_paths):
-            seconds += read_manifest(path)["seconds"]
             model = AutoModelForCausalLM.from_pretrained(path)
             own = score_model(model, tokenizer, suite.tasks_in(category), suite, max_examples)
             expert_own[base_kind][category] = sum(own.values()) / len(own)
         base_path = model_path(size, base_kind, "base")
         merged = load_merged_model(base_path, merge(base_path, expert_paths, "average", progress=False))
         models[f"{base_kind}/average8"] = score_model(merged, tokenizer, all_tasks, suite, max_examples)
-    base_manifest = read_manifest(model_path(size, "base", "base"))
-    scores = SizeScores(
-        size,
-        base_manifest["parameters"],
-        base_manifest["val_loss"],
-        seconds,
-        base_manifest["device"],
-        expert_own,
-        models,
-    )
+    scores = _with_manifest_facts(size, expert_own, models)
     summary = {
         "expert_held_in": _mean(expert_own["base"].values()),
         "it_held_out": scores.group_mean("it/base", suite, "held_out"),
@@ -86,6 +74,30 @@ def evaluate_size(size: str, max_examples: int = 200) -> SizeScores:
         json.dumps(summary | {"models": models, "experts": expert_own})
     )
     return scores
+
+
+def _with_manifest_facts(size: str, expert_own: dict, models: dict) -> SizeScores:
+    """SizeScores with parameters, loss, training seconds and device read from the component manifests."""
+    suite = load_suite()
+    paths = [model_path(size, kind, role) for kind in BASE_KINDS for role in ("base", "multitask")]
+    paths += [model_path(size, kind, "expert", c) for kind in BASE_KINDS for c in suite.held_in_categories]
+    seconds = sum(read_manifest(path)["seconds"] for path in paths)
+    base_manifest = read_manifest(model_path(size, "base", "base"))
+    return SizeScores(
+        size,
+        base_manifest["parameters"],
+        base_manifest["val_loss"],
+        seconds,
+        base_manifest["device"],
+        expert_own,
+        models,
+    )
+
+
+def load_size_scores(size: str) -> SizeScores:
+    """The scores `evaluate_size` saved for a size (so the card can be re-rendered without evaluating)."""
+    saved = json.loads((zoo_home() / size / "scores.json").read_text())
+    return _with_manifest_facts(size, saved["experts"], saved["models"])
 
 
 def _mean(values) -> float:
@@ -142,19 +154,21 @@ def gates(ladder: list[SizeScores], suite: TaskSuite) -> list[tuple[str, bool, s
     results.append(
         (
             "pretraining val loss falls along the ladder",
-            all(a > b for a, b in zip(losses, losses[1:])),
-            " > ".join(f"{s.size} {s.val_loss:.3f}" for s in ladder),
+            len(losses) >= 2 and all(a > b for a, b in zip(losses, losses[1:])),
+            " > ".join(f"{s.size} {s.val_loss:.3f}" for s in ladder)
+            + (" (needs 2 sizes)" if len(losses) < 2 else ""),
         )
     )
     return results
 
 
-def render_card(ladder: list[SizeScores]) -> str:
+def render_card(ladder: list[SizeScores], notes: list[str] | None = None) -> str:
+    """The zoo card markdown: summary per size, experts per category, chance levels, gates, notes."""
     suite = load_suite()
     lines = [
         "# Zoo card",
         "",
-        "Regenerate with `python scripts/zoo_card.py --sizes xs s` after `mergelab zoo build size=...`.",
+        "Regenerate with `mergelab zoo build size=xs` then `python scripts/zoo_card.py --sizes xs` (add sizes as they are built).",
         "Scores are test-split accuracy (rank classification) or exact match (generation), averaged within a",
         "category, then across categories; 200 examples per task.",
         "",
@@ -196,4 +210,6 @@ def render_card(ladder: list[SizeScores]) -> str:
             lines.append(f"| {name} | {spec.group} | {spec.category} | {spec.chance:.3f} |")
     lines += ["", "## Quality gates", "", "| gate | passed | measured |", "|---|---|---|"]
     lines += [f"| {gate} | {'yes' if ok else 'NO'} | {text} |" for gate, ok, text in gates(ladder, suite)]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
-from mergelab.zoo.build import LADDER, SIZES, build, model_path
 from mergelab.zoo.cache import ZooError, read_manifest, zoo_home
+from mergelab.zoo.ladder import LADDER, SIZES, build, model_path
 from mergelab.zoo.suite import load_suite
 
 USAGE = """usage: mergelab zoo build size=NAME|all [device=auto|cpu|cuda]

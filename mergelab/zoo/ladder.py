@@ -7,10 +7,13 @@ interrupted or corrupted build resumes where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import datasets
 import torch
 from transformers import (
     AutoModelForCausalLM,
@@ -19,6 +22,7 @@ from transformers import (
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
 )
+from transformers.utils import logging as hf_logging
 
 from mergelab.zoo.cache import ZooError, atomic_directory, read_manifest, write_manifest, zoo_home
 from mergelab.zoo.suite import TaskSuite, build_suite, corpus_lines, load_suite, load_task
@@ -46,6 +50,7 @@ class SizeSpec:
     pretrain_lr: float = 3e-3
     finetune_lr: float = 1e-3
     seed: int = 0
+    cpu_threads: int = 1  # fixed per size: CPU float results depend on the thread count
 
 
 SIZES: dict[str, SizeSpec] = {
@@ -54,10 +59,10 @@ SIZES: dict[str, SizeSpec] = {
         layers=1,
         heads=2,
         intermediate=64,
-        pretrain_steps=150,
-        it_steps=60,
-        expert_steps=40,
-        multitask_steps=80,
+        pretrain_steps=120,
+        it_steps=40,
+        expert_steps=30,
+        multitask_steps=60,
         batch_size=16,
         seq_len=48,
     ),
@@ -76,7 +81,7 @@ SIZES: dict[str, SizeSpec] = {
         layers=3,
         heads=4,
         intermediate=256,
-        pretrain_steps=2000,
+        pretrain_steps=1500,
         it_steps=400,
         expert_steps=200,
         multitask_steps=700,
@@ -87,24 +92,26 @@ SIZES: dict[str, SizeSpec] = {
         layers=4,
         heads=6,
         intermediate=512,
-        pretrain_steps=4000,
-        it_steps=600,
+        pretrain_steps=2000,
+        it_steps=500,
         expert_steps=250,
-        multitask_steps=1000,
+        multitask_steps=900,
         pretrain_lr=1.5e-3,
         finetune_lr=7e-4,
+        cpu_threads=2,
     ),
     "l": SizeSpec(
         hidden=256,
-        layers=6,
+        layers=4,
         heads=8,
         intermediate=768,
-        pretrain_steps=8000,
-        it_steps=800,
+        pretrain_steps=2500,
+        it_steps=600,
         expert_steps=300,
-        multitask_steps=1400,
+        multitask_steps=1000,
         pretrain_lr=1e-3,
         finetune_lr=5e-4,
+        cpu_threads=2,
     ),
 }
 LADDER = ["xs", "s", "m", "l"]
@@ -150,17 +157,12 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return AutoTokenizer.from_pretrained(path)
 
 
-def encode_examples(
-    tokenizer, task_names: list[str], split: str = "train"
-) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids with <bos>, answer ids + <eos>) for every example of the tasks."""
-    examples = []
-    for name in task_names:
-        data = load_task(name, split)
-        for prompt, target in zip(data["prompt"], data["target"]):
-            answer = tokenizer(target, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-            examples.append((tokenizer(prompt).input_ids, answer))
-    return examples
+def encode_task(tokenizer, name: str, split: str = "train") -> list[tuple[list[int], list[int]]]:
+    """(prompt ids with <bos>, answer ids + <eos>) for every example of one task split."""
+    data = load_task(name, split)
+    prompts = tokenizer(list(data["prompt"])).input_ids
+    answers = tokenizer(list(data["target"]), add_special_tokens=False).input_ids
+    return [(prompt, answer + [tokenizer.eos_token_id]) for prompt, answer in zip(prompts, answers)]
 
 
 def _save(model, tokenizer, path: Path, manifest: dict) -> None:
@@ -175,11 +177,37 @@ def _component(path: Path, name: str, train, report: list[dict]) -> None:
     cached = read_manifest(path)
     if cached is None:
         started = time.perf_counter()
-        model, metrics = train()
+        try:
+            model, metrics = train()
+        except (MemoryError, torch.OutOfMemoryError) as error:
+            raise ZooError(f"out of memory while training {path}; nothing was written ({error})") from None
+        except RuntimeError as error:
+            if "can't allocate memory" not in str(error):
+                raise
+            raise ZooError(f"out of memory while training {path}; nothing was written ({error})") from None
         metrics |= {"component": name, "seconds": round(time.perf_counter() - started, 2)}
         _save(model, build_tokenizer(), path, metrics)
         cached = read_manifest(path)
     report.append(cached)
+
+
+@contextlib.contextmanager
+def _build_environment(spec: SizeSpec, compute: torch.device) -> Iterator[None]:
+    """Deterministic kernels, the size's fixed CPU thread count, and quiet library progress bars."""
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if compute.type == "cpu":
+        torch.set_num_threads(spec.cpu_threads)
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+        hf_logging.enable_progress_bar()
+        datasets.enable_progress_bars()
 
 
 def build(size: str, device: str = "auto", progress: bool = True) -> list[dict]:
@@ -187,12 +215,30 @@ def build(size: str, device: str = "auto", progress: bool = True) -> list[dict]:
     spec = SIZES.get(size)
     if spec is None:
         raise ZooError(f"unknown zoo size '{size}'; valid: {list(SIZES)}")
-    torch.use_deterministic_algorithms(True, warn_only=True)
     compute = resolve_device(device)
+    with _build_environment(spec, compute):
+        report = _build_components(size, spec, compute, progress)
+    total = sum(entry["seconds"] for entry in report)
+    if progress:
+        print(
+            f"zoo size {size}: {len(report)} components ready ({total:.0f} s of training on {compute}) "
+            f"in {zoo_home() / size}"
+        )
+    return report
+
+
+def _build_components(size: str, spec: SizeSpec, compute: torch.device, progress: bool) -> list[dict]:
     tokenizer = build_tokenizer()
     suite = load_suite()
     report: list[dict] = []
     common = {"size": size, "device": str(compute), "spec": asdict(spec)}
+    encoded: dict[str, list[tuple[list[int], list[int]]]] = {}
+
+    def examples_of(tasks: list[str]) -> list[tuple[list[int], list[int]]]:
+        for name in tasks:
+            if name not in encoded:
+                encoded[name] = encode_task(tokenizer, name)
+        return [example for name in tasks for example in encoded[name]]
 
     def pretrain():
         config = LlamaConfig(
@@ -233,7 +279,7 @@ def build(size: str, device: str = "auto", progress: bool = True) -> list[dict]:
             model = AutoModelForCausalLM.from_pretrained(start)
             loss = train_loop(
                 model,
-                answer_batches(encode_examples(tokenizer, tasks), spec.batch_size, tokenizer.pad_token_id),
+                answer_batches(examples_of(tasks), spec.batch_size, tokenizer.pad_token_id),
                 steps=steps,
                 learning_rate=spec.finetune_lr,
                 seed=seed,
@@ -279,11 +325,6 @@ def build(size: str, device: str = "auto", progress: bool = True) -> list[dict]:
                 f"{size} {base_kind} multitask",
             ),
             report,
-        )
-    total = sum(entry["seconds"] for entry in report)
-    if progress:
-        print(
-            f"zoo size {size}: {len(report)} components ready ({total:.0f} s of training) in {zoo_home() / size}"
         )
     return report
 

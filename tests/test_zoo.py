@@ -1,0 +1,180 @@
+"""The zoo: task suite shape, tokenizer, deterministic and resumable builds, corruption detection."""
+# ruff: noqa: F811  (pytest fixtures imported from tests.zoo_fixture are re-bound as test parameters)
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from mergelab import zoo
+from mergelab.zoo import ladder
+from mergelab.zoo.cache import read_manifest
+from mergelab.zoo.tasks import generate_split, task_definitions
+from mergelab.zoo.world import make_world
+from tests.zoo_fixture import micro_zoo  # noqa: F401
+
+
+def test_suite_is_shaped_like_the_t0_split(micro_zoo):
+    suite = zoo.load_suite()
+    assert len(suite.held_in_categories) == 8
+    assert all(len(suite.tasks_in(category)) == 2 for category in suite.held_in_categories)
+    assert len(suite.held_out_categories) == 4 and len(suite.group("held_out")) >= 7
+    assert len(suite.group("instruction")) >= 8
+    held_out_and_mixture = set(suite.categories("held_out")) | set(suite.categories("instruction"))
+    assert not held_out_and_mixture & set(suite.held_in_categories)
+
+
+def test_every_task_has_splits_templates_and_consistent_labels(micro_zoo):
+    suite = zoo.load_suite()
+    for name, spec in suite.tasks.items():
+        sizes = {split: len(zoo.load_task(name, split)) for split in ("train", "validation", "test")}
+        assert sizes == {"train": 1000, "validation": 100, "test": 200}
+        test = zoo.load_task(name, "test")
+        assert len(set(test["template"])) >= 2, name
+        for row in test.select(range(20)):
+            assert row["prompt"].endswith(" answer :")
+            if spec.kind == "classification":
+                assert row["choices"][row["label"]] == row["target"]
+                assert spec.chance == pytest.approx(1 / len(row["choices"]))
+            else:
+                assert row["label"] == -1 and row["choices"] == []
+
+
+def test_suite_generation_is_deterministic_and_splits_differ():
+    world = make_world(0)
+    definition = task_definitions()[0]
+    first = generate_split(definition, world, "train", seed=0)
+    assert first == generate_split(definition, world, "train", seed=0)
+    assert (
+        first["prompt"] != generate_split(definition, world, "test", seed=0)["prompt"][: len(first["prompt"])]
+    )
+    assert make_world(1) != world
+
+
+def test_tokenizer_round_trips_task_text(micro_zoo):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(zoo.tokenizer_path())
+    row = zoo.load_task("reverse_words", "test")[0]
+    ids = tokenizer(row["prompt"] + row["target"]).input_ids
+    assert ids[0] == tokenizer.bos_token_id and tokenizer.unk_token_id not in ids
+    assert tokenizer.decode(ids, skip_special_tokens=True) == row["prompt"] + row["target"]
+    assert (
+        ids
+        == tokenizer(row["prompt"]).input_ids + tokenizer(row["target"], add_special_tokens=False).input_ids
+    )
+    assert {tokenizer.pad_token, tokenizer.eos_token} == {"<pad>", "<eos>"}
+
+
+def test_components_are_hf_model_dirs(micro_zoo):
+    from transformers import AutoModelForCausalLM
+
+    suite = zoo.load_suite()
+    paths = [
+        zoo.model_path("micro", kind, "expert", c)
+        for kind in zoo.BASE_KINDS
+        for c in suite.held_in_categories
+    ]
+    paths += [
+        zoo.model_path("micro", kind, role) for kind in zoo.BASE_KINDS for role in ("base", "multitask")
+    ]
+    assert all(read_manifest(path) for path in paths) and len(paths) == 20
+    model = AutoModelForCausalLM.from_pretrained(paths[0])
+    assert model.config.model_type == "llama"
+
+
+def test_rebuilt_component_is_byte_identical_and_corruption_is_detected(micro_zoo):
+    expert = zoo.model_path("micro", "base", "expert", "color")
+    original = read_manifest(expert)["sha256"]
+    weights = expert / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-16] + b"\0" * 16)
+    assert read_manifest(expert) is None
+    zoo.build("micro", device="cpu", progress=False)
+    assert read_manifest(expert)["sha256"] == original
+
+
+def test_interrupted_build_resumes_without_retraining(micro_zoo, monkeypatch):
+    for category in ("words", "arithmetic"):
+        shutil.rmtree(zoo.model_path("micro", "it", "expert", category))
+    real_train = ladder.train_loop
+    calls = []
+
+    def train_then_fail(*args, **kwargs):
+        calls.append(kwargs["desc"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(ladder, "train_loop", train_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        zoo.build("micro", device="cpu", progress=False)
+    assert calls == ["micro it expert words", "micro it expert arithmetic"]
+    assert read_manifest(zoo.model_path("micro", "it", "expert", "words"))
+    assert not zoo.model_path("micro", "it", "expert", "arithmetic").exists()
+    assert not list(zoo.model_path("micro", "it", "base").parent.glob("experts/.*partial*"))
+    calls.clear()
+    zoo.build("micro", device="cpu", progress=False)
+    assert calls == ["micro it expert arithmetic"]
+
+
+def test_unknown_size_is_named(micro_zoo):
+    with pytest.raises(zoo.ZooError, match="unknown zoo size 'huge'; valid: \\['micro'"):
+        zoo.build("huge")
+
+
+def test_disk_full_is_a_clear_error_and_leaves_no_partial_entry(micro_zoo, monkeypatch):
+    import errno
+
+    from mergelab.zoo.cache import ZooError, atomic_directory
+
+    target = micro_zoo / "zoo" / "scratch"
+
+    def fill_disk(staging):
+        (staging / "weights").write_bytes(b"x")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(ZooError, match="disk full while writing .*scratch"):
+        with atomic_directory(target) as staging:
+            fill_disk(staging)
+    assert not target.exists() and not list(target.parent.glob(".scratch.partial*"))
+
+
+def test_cli_lists_the_built_size_and_rejects_bad_options(micro_zoo, capsys):
+    from mergelab.zoo.cli import main
+
+    assert main(["list"]) == 0
+    listing = capsys.readouterr().out
+    line = next(row for row in listing.splitlines() if row.startswith("micro"))
+    parameters = read_manifest(zoo.model_path("micro", "base", "base"))["parameters"]
+    assert f"{parameters:,}" in line and "20/20" in line
+    assert main(["build", "size=huge"]) == 2
+    assert "unknown zoo size 'huge'" in capsys.readouterr().err
+    assert main(["build", "sise=micro"]) == 2
+    assert "unknown option 'sise=micro'" in capsys.readouterr().err
+
+
+def test_zoo_home_follows_mergelab_home(micro_zoo):
+    assert zoo.zoo_home() == micro_zoo / "zoo"
+    assert (
+        zoo.model_path("micro", "it", "expert", "color")
+        == micro_zoo / "zoo" / "micro" / "it" / "experts" / "color"
+    )
+    with pytest.raises(zoo.ZooError, match="base_kind must be one of"):
+        zoo.model_path("micro", "instruct", "base")
+
+
+def test_out_of_memory_during_training_is_a_clear_error(micro_zoo, monkeypatch):
+    expert = zoo.model_path("micro", "base", "expert", "size")
+    shutil.rmtree(expert)
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(ladder, "train_loop", out_of_memory)
+    with pytest.raises(zoo.ZooError, match="out of memory while training .*size; nothing was written"):
+        zoo.build("micro", device="cpu", progress=False)
+    assert not expert.exists()
+    monkeypatch.undo()
+    zoo.build("micro", device="cpu", progress=False)
+    assert read_manifest(expert)

@@ -1,0 +1,59 @@
+"""Quality-gate arithmetic of the zoo card on hand-made scores (no models needed)."""
+
+from __future__ import annotations
+
+from mergelab.zoo.card import SizeScores, gates
+from mergelab.zoo.suite import TaskSuite
+from mergelab.zoo.tasks import TaskSpec
+
+
+def tiny_suite() -> TaskSuite:
+    tasks = {
+        "a1": TaskSpec("a1", "a", "held_in", "classification", ["x", "y"], 0.5),
+        "a2": TaskSpec("a2", "a", "held_in", "generation"),
+        "b1": TaskSpec("b1", "b", "held_in", "classification", ["x", "y"], 0.5),
+        "o1": TaskSpec("o1", "o", "held_out", "classification", ["x", "y", "z", "w"], 0.25),
+        "p1": TaskSpec("p1", "p", "held_out", "classification", ["x", "y"], 0.5),
+    }
+    return TaskSuite(tasks)
+
+
+def scores(size: str, val_loss: float, expert_b: float, it_out: float) -> SizeScores:
+    flat = {"a1": 0.2, "a2": 0.0, "b1": 0.5, "o1": 0.25, "p1": 0.5}
+    return SizeScores(
+        size=size,
+        parameters=1000,
+        val_loss=val_loss,
+        train_seconds=1.0,
+        device="cpu",
+        expert_own={"base": {"a": 0.95, "b": expert_b}, "it": {"a": 0.92, "b": 0.91}},
+        models={
+            "base/base": flat,
+            "it/base": {**flat, "o1": it_out, "p1": 0.6},
+            "base/average8": {**flat, "a1": 0.9, "a2": 0.9, "b1": 0.9},
+        },
+    )
+
+
+def test_gates_pass_and_fail_on_the_measured_numbers():
+    suite = tiny_suite()
+    # expert b: 0.75 is below 0.9 but 0.25 over the best base on b (0.5): fails; it base on held-out:
+    # mean(0.5, 0.6) = 0.55 > base mean(0.25, 0.5) = 0.375 and > chance mean(0.25, 0.5) = 0.375.
+    results = {gate: (ok, text) for gate, ok, text in gates([scores("xs", 2.0, 0.75, 0.5)], suite)}
+    expert_ok, expert_text = results["xs: every expert >= 0.9 on its category (or +0.30 over both bases)"]
+    assert not expert_ok and expert_text == "failing: base/b 0.75"
+    assert results["xs: it base beats base on held-out"] == (True, "it 0.550 vs base 0.375")
+    assert results["xs: it base above chance on held-out"] == (True, "0.550 vs chance 0.375")
+    # average8 held-in: category a mean 0.9, b 0.9 -> 0.9; experts (0.95 + 0.75) / 2 = 0.85 -> not below.
+    assert results["xs: 8-expert average below the experts on held-in"] == (
+        False,
+        "average 0.900 vs experts 0.850",
+    )
+
+
+def test_expert_gate_accepts_thirty_points_over_base_and_loss_must_fall_along_the_ladder():
+    suite = tiny_suite()
+    ladder = [scores("xs", 2.0, 0.81, 0.5), scores("s", 2.1, 0.81, 0.5)]
+    results = {gate: (ok, text) for gate, ok, text in gates(ladder, suite)}
+    assert results["xs: every expert >= 0.9 on its category (or +0.30 over both bases)"][0]
+    assert results["pretraining val loss falls along the ladder"] == (False, "xs 2.000 > s 2.100")

@@ -1,0 +1,23 @@
+"""Session fixture: the micro zoo size built once into a temporary MERGELAB_HOME."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def micro_zoo(tmp_path_factory):
+    """MERGELAB_HOME holding a fully built micro zoo (set in the environment for the session)."""
+    home = tmp_path_factory.mktemp("mergelab_home")
+    previous = os.environ.get("MERGELAB_HOME")
+    os.environ["MERGELAB_HOME"] = str(home)
+    from mergelab import zoo
+
+    zoo.build("micro", device="cpu", progress=False)
+    yield home
+    if previous is None:
+        os.environ.pop("MERGELAB_HOME", None)
+    else:
+        os.environ["MERGELAB_HOME"] = previous
