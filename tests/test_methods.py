@@ -237,3 +237,10 @@ def test_selector_hands_tied_entries_to_the_earliest_tensors():
         selector.next_pass()
     masks = [keep_mask(tensor, selector.rule_for(tensor)) for tensor in tensors]
     assert [mask.tolist() for mask in masks] == [[True, True], [True, False], [False, False]]
+
+
+def test_ties_weighted_disjoint_mean_divides_by_agreeing_weights():
+    base = t(0, 0)
+    experts = [t(2, 1), t(6, -1), t(4, 5)]  # entry 1: votes +5 elect +, expert 2 disagrees
+    merged = get_method("ties", trim_scope="tensor", density=1.0, weights=[1, 3, 2]).merge(base, experts, CTX)
+    assert torch.allclose(merged, t((2 + 18 + 8) / 6, (1 + 10) / 3))

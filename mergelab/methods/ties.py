@@ -52,18 +52,23 @@ def elect_sign(votes: Tensor, majority_sign: float | None) -> Tensor:
 
 
 def disjoint_merge(task_vectors: Tensor, elected: Tensor, weights: Sequence[float], agg: str) -> Tensor:
-    """Weighted sum (`sum`) or weighted mean (`mean`) of the nonzero entries that agree with `elected`."""
-    agrees = (task_vectors * elected) > 0
-    if all(weight == 1.0 for weight in weights):
-        merged = torch.where(agrees, task_vectors, 0.0).sum(dim=0)
-        if agg == "mean":
-            merged /= agrees.sum(dim=0).clamp(min=1)
-        return merged
-    weight_column = torch.tensor(weights, dtype=task_vectors.dtype, device=task_vectors.device)
-    selected_weights = agrees * weight_column.view(-1, *([1] * elected.dim()))
-    merged = (task_vectors * selected_weights).sum(dim=0)
+    """Weighted sum (`sum`) or weighted mean (`mean`) of the nonzero entries that agree with `elected`.
+
+    Overwrites `task_vectors` (callers pass stacks they own) so no second experts-sized buffer is needed.
+    """
+    agrees = torch.where(elected > 0, task_vectors > 0, task_vectors < 0)
+    task_vectors.mul_(agrees)
+    if any(weight != 1.0 for weight in weights):
+        shape = (-1, *([1] * elected.dim()))
+        task_vectors.mul_(
+            torch.tensor(weights, dtype=task_vectors.dtype, device=task_vectors.device).view(shape)
+        )
+    merged = task_vectors.sum(dim=0)
     if agg == "mean":
-        merged /= selected_weights.sum(dim=0).clamp(min=torch.finfo(merged.dtype).tiny)
+        total_weight = torch.zeros_like(merged)
+        for agree, weight in zip(agrees, weights):
+            total_weight.add_(agree, alpha=weight)
+        merged /= total_weight.clamp(min=torch.finfo(merged.dtype).tiny)
     return merged
 
 
