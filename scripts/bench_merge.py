@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors import safe_open
@@ -140,8 +141,17 @@ def build(root: Path, config: dict, n_experts: int, dtype: torch.dtype) -> tuple
     return base, experts
 
 
-def measure(command: list[str], env: dict | None = None) -> tuple[float, int]:
-    """Wall seconds and peak RSS bytes of `command` (and its waited-for children)."""
+class Measurement(NamedTuple):
+    """One timed subprocess: wall seconds, CPU seconds (user + system, all threads) and peak RSS bytes."""
+
+    wall: float
+    cpu: float
+    rss: int
+
+
+def measure(command: list[str], env: dict | None = None) -> Measurement:
+    """Time `command` in a subprocess. CPU seconds are reported beside wall time because on a shared
+    machine wall time also counts waiting for a core; peak RSS is the child's own (ru_maxrss)."""
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(process.pid, 0)
@@ -151,7 +161,7 @@ def measure(command: list[str], env: dict | None = None) -> tuple[float, int]:
         raise RuntimeError(
             f"{command[0]} failed ({process.returncode}): {process.stderr.read().decode()[-2000:]}"
         )
-    return seconds, usage.ru_maxrss * 1024
+    return Measurement(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024)
 
 
 IO_FLOOR = """
@@ -289,10 +299,14 @@ def main() -> int:
         "--layers", type=int, default=24, help="transformer blocks (24 ~ 0.5B with --vocab 65536)"
     )
     parser.add_argument("--vocab", type=int, default=65536, help="vocabulary size (untied embeddings)")
-    parser.add_argument("--experts", type=int, default=4)
-    parser.add_argument("--density", type=float, default=0.2)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/mergelab-bench"))
+    parser.add_argument("--experts", type=int, default=4, help="number of synthetic experts")
+    parser.add_argument("--density", type=float, default=0.2, help="TIES density for every run")
+    parser.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"], help="compute device of both tools"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, default=Path("/tmp/mergelab-bench"), help="synthetic checkpoints and outputs"
+    )
     parser.add_argument("--mergekit-yaml", help="path to mergekit-yaml (default: PATH, .venv, .venv-bench)")
     parser.add_argument(
         "--results", type=Path, default=REPO / "results" / "bench", help="where the table goes"
@@ -311,7 +325,8 @@ def main() -> int:
     input_bytes = sum(Path(f).stat().st_size for model in (base, *experts) for f in weight_files(model))
     output_bytes = params * 2
 
-    rows: dict[str, tuple[float, int]] = {}
+    rows: dict[str, Measurement] = {}
+    load_before = os.getloadavg()[0]
     floor_out = args.workdir / "io_floor.bin"
     rows["I/O floor (read inputs, write output)"] = measure(
         [
@@ -352,7 +367,8 @@ def main() -> int:
         )
         equality += "; " + strict_check(args, env, mergekit_yaml)
 
-    table = render(rows, params, input_bytes, args, equality)
+    load = (load_before, os.getloadavg()[0])
+    table = render(rows, params, input_bytes, args, equality, load)
     print(table)
     args.results.mkdir(parents=True, exist_ok=True)
     target = args.results / f"merge_{args.device}.md"
@@ -385,25 +401,45 @@ def strict_check(args, env: dict, mergekit_yaml: str) -> str:
     return f"float32 check on a 2-layer copy: max |diff| {worst:.3g} ({verdict} at tolerance 1e-6)"
 
 
-def render(rows: dict[str, tuple[float, int]], params: int, input_bytes: int, args, equality: str) -> str:
-    floor = rows["I/O floor (read inputs, write output)"][0]
+def render(
+    rows: dict[str, Measurement],
+    params: int,
+    input_bytes: int,
+    args: argparse.Namespace,
+    equality: str,
+    load: tuple[float, float],
+) -> str:
+    """The markdown report: machine, sizes, date, command, the table with ratios, and the equality check."""
+    floor = rows["I/O floor (read inputs, write output)"]
     mergekit = next((value for key, value in rows.items() if key.startswith("mergekit")), None)
     lines = [
         f"# Merge benchmark ({args.device})",
         "",
         f"{datetime.date.today()}, {platform.node()}, {os.cpu_count()} CPU cores, torch {torch.__version__}. "
         f"Base + {args.experts} experts of a Llama-shaped model, {params / 1e6:.0f}M parameters each, bf16, "
-        f"sharded ({input_bytes / 2**30:.2f} GiB read); TIES density {args.density}; warm page cache.",
+        f"sharded ({input_bytes / 2**30:.2f} GiB read); TIES density {args.density}; warm page cache. "
+        f"1-minute load average {load[0]:.1f} before and {load[1]:.1f} after the runs (other jobs share the "
+        "machine, so CPU seconds, user + system over all threads, are given beside wall time).",
         f"Command: `python scripts/bench_merge.py --layers {args.layers} --vocab {args.vocab} "
         f"--experts {args.experts} --device {args.device}`",
         "",
-        "| run | wall s | peak RSS GiB | wall / mergekit | RSS / mergekit | wall / I/O floor |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| run | wall s | CPU s | peak RSS GiB | wall / mergekit | CPU / mergekit | RSS / mergekit "
+        "| wall / I/O floor |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, (seconds, rss) in rows.items():
-        versus = (f"{seconds / mergekit[0]:.2f}", f"{rss / mergekit[1]:.2f}") if mergekit else ("-", "-")
+    for name, row in rows.items():
+        versus = (
+            (
+                f"{row.wall / mergekit.wall:.2f}",
+                f"{row.cpu / mergekit.cpu:.2f}",
+                f"{row.rss / mergekit.rss:.2f}",
+            )
+            if mergekit
+            else ("-", "-", "-")
+        )
         lines.append(
-            f"| {name} | {seconds:.1f} | {rss / 2**30:.2f} | {versus[0]} | {versus[1]} | {seconds / floor:.2f} |"
+            f"| {name} | {row.wall:.1f} | {row.cpu:.1f} | {row.rss / 2**30:.2f} | {' | '.join(versus)} "
+            f"| {row.wall / floor.wall:.2f} |"
         )
     lines += ["", f"Equality with mergekit: {equality}.", ""]
     return "\n".join(lines)
