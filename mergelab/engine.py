@@ -8,8 +8,6 @@ per-expert cuts and majority sign from streaming passes first (`mergelab.global_
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import resource
 import time
 from collections import deque
@@ -25,23 +23,6 @@ from mergelab.checkpoint import Checkpoint, CheckpointError, TensorInfo, check_c
 from mergelab.global_trim import global_trim_contexts
 from mergelab.methods import MergeMethod, TensorContext
 from mergelab.output import CheckpointOutput
-
-
-@functools.cache
-def keep_freed_memory_for_reuse() -> None:
-    """Ask glibc to serve large blocks from the heap and keep freed ones, instead of mmap/munmap per tensor.
-
-    Each merge step allocates and frees tensors of the same sizes; with glibc's defaults every one is a fresh
-    mapping whose pages fault in on first touch, which costs more than the arithmetic. Peak memory is the
-    same; freed blocks are simply reused. No effect off glibc.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_mmap_max, m_trim_threshold = -4, -1
-    libc.mallopt(m_mmap_max, 0)
-    libc.mallopt(m_trim_threshold, 1 << 30)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -150,7 +131,6 @@ def merge_checkpoints(
 ) -> tuple[dict[str, torch.Tensor] | None, MergeReport]:
     """Merge `experts` into `base` with `method`; write through `output`, or return a state dict."""
     infos, compute_device = check_inputs(base, experts, method, device)
-    keep_freed_memory_for_reuse()
     names = sorted(infos)
     float_names = [name for name in names if is_float(infos[name].dtype)]
     started = time.perf_counter()
