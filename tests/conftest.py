@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.zoo_fixture import micro_zoo  # noqa: F401  (one micro zoo per test session)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 

@@ -1,5 +1,4 @@
 """The zoo: task suite shape, tokenizer, deterministic and resumable builds, corruption detection."""
-# ruff: noqa: F811  (pytest fixtures imported from tests.zoo_fixture are re-bound as test parameters)
 
 from __future__ import annotations
 
@@ -12,7 +11,6 @@ from mergelab.zoo import ladder
 from mergelab.zoo.cache import read_manifest
 from mergelab.zoo.tasks import generate_split, task_definitions
 from mergelab.zoo.world import make_world
-from tests.zoo_fixture import micro_zoo  # noqa: F401
 
 
 def test_suite_is_shaped_like_the_t0_split(micro_zoo):

@@ -1,0 +1,185 @@
+"""`mergelab report experiment=NAME`: a study's fragments as tables and figures, offline.
+
+Writes into `<results_dir>/<study>/` (by default `results/<study>/`, the committed study outputs):
+`rows.parquet` (every tidy row), `summary.md` (normalized held-in / held-out per configuration, averaged
+over expert subsets) and PNG figures: normalized score against the number of experts per method and base
+kind, and, when the study spans several model sizes, against the parameter count.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from mergelab import results
+
+RUN_KEYS = [
+    "config_hash",
+    "study",
+    "model",
+    "parameters",
+    "base_kind",
+    "method",
+    "selection",
+    "hyperparameters",
+    "n_experts",
+    "subset_seed",
+    "expert_set",
+]
+CONFIG_KEYS = ["model", "parameters", "base_kind", "method", "n_experts"]
+SCORES = ["held_in", "held_out", "held_in_multitask", "held_out_multitask"]
+
+
+def _aggregate(rows: pd.DataFrame, group: str, column: str) -> float:
+    """Mean within each category, then across categories, of `column` over the rows of `group`.
+
+    Tasks whose normalized score is undefined (reference score 0) are left out.
+    """
+    from mergelab.eval import aggregate
+
+    subset = rows[(rows["group"] == group) & rows[column].notna()]
+    if subset.empty:
+        return math.nan
+    return aggregate(dict(zip(subset["task"], subset[column])), dict(zip(subset["task"], subset["category"])))
+
+
+def summarize_runs(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: its identity and its normalized held-in / held-out scores (both views)."""
+    records = []
+    for _, run in rows.groupby("config_hash", sort=False):
+        first = run.iloc[0]
+        record = {key: first[key] for key in RUN_KEYS}
+        record["held_in"] = _aggregate(run, "held_in", "normalized")
+        record["held_out"] = _aggregate(run, "held_out", "normalized")
+        record["held_in_multitask"] = _aggregate(run, "held_in", "normalized_multitask")
+        record["held_out_multitask"] = _aggregate(run, "held_out", "normalized_multitask")
+        records.append(record)
+    return pd.DataFrame(records, columns=RUN_KEYS + SCORES)
+
+
+def study_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Scores per configuration averaged over expert subsets (`subsets` counts them)."""
+    grouped = summary.groupby(CONFIG_KEYS, sort=True)
+    table = grouped[SCORES].mean()
+    table["subsets"] = grouped.size()
+    return table.reset_index()
+
+
+def to_markdown(table: pd.DataFrame, digits: int = 3) -> str:
+    """A GitHub markdown table (floats rounded to `digits`)."""
+
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return "nan" if math.isnan(value) else f"{value:.{digits}f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def print_summary(rows: pd.DataFrame) -> None:
+    """The rows' per-configuration table on stdout."""
+    print(to_markdown(study_table(summarize_runs(rows))))
+
+
+def draw_figures(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Normalized scores vs. expert count (and vs. model size when several) as PNG files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid")
+    long = summary.melt(
+        id_vars=CONFIG_KEYS + ["subset_seed"],
+        value_vars=["held_in", "held_out"],
+        var_name="tasks",
+        value_name="normalized score",
+    ).dropna(subset=["normalized score"])
+    paths = []
+    grid = sns.relplot(
+        data=long,
+        x="n_experts",
+        y="normalized score",
+        hue="method",
+        style="base_kind",
+        col="tasks",
+        row="model" if summary["model"].nunique() > 1 else None,
+        kind="line",
+        marker="o",
+        facet_kws={"sharey": False},
+        height=3.2,
+        aspect=1.2,
+    )
+    grid.set(xticks=sorted(summary["n_experts"].unique()))
+    paths.append(out_dir / "normalized_vs_experts.png")
+    grid.savefig(paths[-1], dpi=120)
+    plt.close(grid.figure)
+    if summary["model"].nunique() > 1:
+        grid = sns.relplot(
+            data=long,
+            x="parameters",
+            y="normalized score",
+            hue="method",
+            style="base_kind",
+            col="tasks",
+            kind="line",
+            marker="o",
+            facet_kws={"sharey": False},
+            height=3.2,
+            aspect=1.2,
+        )
+        grid.set(xscale="log")
+        paths.append(out_dir / "normalized_vs_size.png")
+        grid.savefig(paths[-1], dpi=120)
+        plt.close(grid.figure)
+    return paths
+
+
+def write_report(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """rows.parquet, summary.md and the figures of one study in `out_dir`; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarize_runs(rows)
+    table = study_table(summary)
+    rows_path = results.write_fragment(rows, out_dir / "rows.parquet")
+    markdown = out_dir / "summary.md"
+    study = ", ".join(sorted(rows["study"].unique()))
+    markdown.write_text(
+        f"# {study}\n\nNormalized scores (held-in: / the category's expert; held-out: / the base zero-shot; "
+        f"`_multitask`: / the multitask baseline), mean within category, then across categories, then over "
+        f"expert subsets. {len(summary)} runs, {len(rows)} rows.\n\n{to_markdown(table)}\n"
+    )
+    return [rows_path, markdown, *draw_figures(summary, out_dir)]
+
+
+def main(argv: list[str]) -> int:
+    """`mergelab report experiment=NAME [results_dir=...]`: tables and figures of the study."""
+    from mergelab.config import ConfigError
+    from mergelab.sweep import compose
+
+    if not argv or argv[0] in {"-h", "--help"}:
+        print("usage: mergelab report experiment=NAME [results_dir=DIR]  (or study=NAME)")
+        return 0
+    try:
+        config = compose(argv)
+    except ConfigError as error:
+        print(f"mergelab report: error: {error}", file=sys.stderr)
+        return 2
+    rows = results.load(config.study, config.results_dir)
+    if rows.empty:
+        print(
+            f"mergelab report: error: no results for study '{config.study}' in "
+            f"{results.fragment_dir(config.study, config.results_dir)}; run `mergelab run -m {' '.join(argv)}`",
+            file=sys.stderr,
+        )
+        return 1
+    paths = write_report(rows, Path(config.results_dir) / config.study)
+    print(to_markdown(study_table(summarize_runs(rows))))
+    for path in paths:
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,136 @@
+"""The results store: one tidy parquet fragment per run, written atomically, named by the config hash.
+
+Layout: `<results_dir>/<study>/fragments/<config hash>.parquet`, where `results_dir` defaults to
+`$MERGELAB_RESULTS` or `results` (relative to the working directory). A fragment is written to a hidden
+temporary file in the same directory and renamed into place, so a crash never leaves a readable partial
+fragment; a run whose hash has a fragment is complete and is skipped on resume. `load(study)` gathers a
+study's fragments into one DataFrame with the schema below (one row per run, task and metric).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("study", pa.string()),
+        ("model", pa.string()),
+        ("parameters", pa.int64()),
+        ("base_kind", pa.string()),
+        ("method", pa.string()),
+        ("hyperparameters", pa.string()),  # JSON of the merge hyperparameters used (chosen ones if selected)
+        ("scale", pa.float64()),  # copied out of hyperparameters for plotting; NaN when the method has none
+        ("density", pa.float64()),
+        ("selection", pa.string()),  # none | validation
+        ("expert_set", pa.string()),  # comma-joined categories of the merged experts
+        ("n_experts", pa.int64()),
+        ("subset_seed", pa.int64()),
+        ("task", pa.string()),
+        ("category", pa.string()),
+        ("group", pa.string()),  # held_in | held_out
+        ("split", pa.string()),
+        ("metric", pa.string()),  # accuracy | exact_match
+        ("value", pa.float64()),
+        ("reference", pa.float64()),  # held-in: the category's expert; held-out: the base zero-shot
+        ("normalized", pa.float64()),  # value / reference
+        ("multitask_reference", pa.float64()),  # the multitask baseline's score (NaN when absent)
+        ("normalized_multitask", pa.float64()),
+        ("merge_seconds", pa.float64()),
+        ("eval_seconds", pa.float64()),
+        ("peak_memory_bytes", pa.int64()),  # GPU peak on cuda, else the process's peak RSS
+        ("device", pa.string()),
+        ("config_hash", pa.string()),
+        ("git_commit", pa.string()),
+        ("created_at", pa.string()),
+    ]
+)
+COLUMNS = SCHEMA.names
+
+
+class ResultsError(ValueError):
+    """Rows that do not fit the results schema."""
+
+
+def default_results_dir() -> Path:
+    return Path(os.environ.get("MERGELAB_RESULTS", "results"))
+
+
+def fragment_dir(study: str, results_dir: str | Path | None = None) -> Path:
+    return Path(results_dir or default_results_dir()) / study / "fragments"
+
+
+def fragment_path(study: str, config_hash: str, results_dir: str | Path | None = None) -> Path:
+    return fragment_dir(study, results_dir) / f"{config_hash}.parquet"
+
+
+def has_fragment(study: str, config_hash: str, results_dir: str | Path | None = None) -> bool:
+    return fragment_path(study, config_hash, results_dir).is_file()
+
+
+def to_table(rows: pd.DataFrame) -> pa.Table:
+    """The rows as an Arrow table with exactly the schema's columns and types."""
+    missing = [name for name in COLUMNS if name not in rows.columns]
+    extra = [name for name in rows.columns if name not in COLUMNS]
+    if missing or extra:
+        raise ResultsError(f"rows do not fit the results schema: missing columns {missing}, unknown {extra}")
+    try:
+        return pa.Table.from_pandas(rows[COLUMNS], schema=SCHEMA, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        raise ResultsError(f"rows do not fit the results schema: {error}") from None
+
+
+def write_fragment(rows: pd.DataFrame, path: Path) -> Path:
+    """Write `rows` to `path` atomically (temporary file in the same directory, fsync, rename)."""
+    table = to_table(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(temporary, "wb") as handle:
+            pq.write_table(table, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def read_fragment(path: Path) -> pd.DataFrame:
+    return pq.read_table(path, schema=SCHEMA).to_pandas()
+
+
+def empty_frame() -> pd.DataFrame:
+    return SCHEMA.empty_table().to_pandas()
+
+
+def load(study: str, results_dir: str | Path | None = None) -> pd.DataFrame:
+    """Every row of `study`, gathered from its fragments (hidden temporary files are ignored)."""
+    paths = sorted(fragment_dir(study, results_dir).glob("[!.]*.parquet"))
+    if not paths:
+        return empty_frame()
+    return pd.concat([read_fragment(path) for path in paths], ignore_index=True)
+
+
+def git_commit() -> str:
+    """The commit of the mergelab checkout (with '-dirty' for local changes), or 'unknown'."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")

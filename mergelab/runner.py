@@ -1,0 +1,325 @@
+"""`mergelab run`: compose -> load base and experts -> merge on the device -> evaluate -> record.
+
+One run merges the chosen experts into the base with the engine (on `device: auto`, no checkpoint written
+unless `save_merged=true`), loads the merged weights into a model built from the base's config, evaluates
+the held-in tasks (those of the merged experts' categories) and the held-out tasks, normalizes each score
+by its reference (held-in: the category's expert; held-out: the base zero-shot; second view: the
+multitask baseline) and writes one parquet fragment per run. `select=validation` first searches the
+method's grid (`select_grid`) on the validation splits and evaluates the best point on `eval.split`.
+
+`mergelab run -m ...` sweeps with Hydra's launchers (joblib by default); `run_study` runs a study's sweep
+in this process, one run after another.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from mergelab import results, zoo
+from mergelab.config import ConfigError, RunSpec, selection_points, validate
+from mergelab.scoring import METRIC_OF_KIND, ReferenceCache, load_tokenizer, resolve_device, score_tasks
+from mergelab.sweep import CONF_DIR, CONFIG_NAME, plan
+
+
+@dataclasses.dataclass(frozen=True)
+class RunModels:
+    """Where a run's base, experts (by category) and multitask baseline live."""
+
+    base: str
+    experts: dict[str, str]
+    multitask: str | None
+
+
+def locate_models(spec: RunSpec) -> RunModels:
+    """Paths of the run's models; a zoo size that is not built is an error naming the build command."""
+    config = spec.config
+    if config.model.source == "hub":
+        paths = config.experts.paths or {}
+        return RunModels(config.model.path, {c: paths[c] for c in spec.categories}, config.experts.multitask)
+    size, kind = config.model.size, config.experts.base_kind
+    models = RunModels(
+        str(zoo.model_path(size, kind, "base")),
+        {c: str(zoo.model_path(size, kind, "expert", c)) for c in spec.categories},
+        str(zoo.model_path(size, kind, "multitask")),
+    )
+    for path in [models.base, *models.experts.values(), models.multitask]:
+        if not (Path(path) / "config.json").is_file():
+            raise ConfigError(
+                f"model.size: zoo size '{size}' is not built ({path}); run `mergelab zoo build size={size}`"
+            )
+    return models
+
+
+def task_plan(spec: RunSpec) -> dict[str, tuple[str, str, str]]:
+    """Evaluated tasks: name -> (kind, category, group held_in | held_out), in suite order."""
+    suite = zoo.load_suite()
+    tasks = {}
+    for name, task in suite.tasks.items():
+        held_in = task.group == "held_in" and task.category in spec.categories and spec.config.eval.held_in
+        held_out = task.group == "held_out" and spec.config.eval.held_out
+        if held_in or held_out:
+            tasks[name] = (task.kind, task.category, task.group)
+    return tasks
+
+
+def reference_scores(
+    spec: RunSpec,
+    models: RunModels,
+    tasks: dict[str, tuple[str, str, str]],
+    split: str,
+    cache: ReferenceCache,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Per task: the primary reference (expert or base zero-shot) and the multitask baseline (NaN if none)."""
+    primary: dict[str, float] = {}
+    for category, path in models.experts.items():
+        own = {
+            name: kind for name, (kind, cat, group) in tasks.items() if group == "held_in" and cat == category
+        }
+        primary |= cache.scores(path, own, split) if own else {}
+    held_out = {name: kind for name, (kind, _, group) in tasks.items() if group == "held_out"}
+    primary |= cache.scores(models.base, held_out, split) if held_out else {}
+    multitask = {name: math.nan for name in tasks}
+    if models.multitask and spec.config.eval.multitask_reference:
+        multitask = cache.scores(
+            models.multitask, {name: kind for name, (kind, _, _) in tasks.items()}, split
+        )
+    return primary, multitask
+
+
+def merge_and_load(
+    spec: RunSpec, models: RunModels, hparams: dict[str, Any], device: torch.device, out: Path | None
+):
+    """The merged model on `device`, and the engine's report (merge seconds, peak memory)."""
+    from mergelab.api import load_merged_model, merge_with_report
+
+    experts = [models.experts[c] for c in spec.categories]
+    if out is not None:
+        from transformers import AutoModelForCausalLM
+
+        _, report = merge_with_report(
+            models.base,
+            experts,
+            spec.method,
+            out,
+            device=str(device),
+            overwrite=True,
+            progress=False,
+            **hparams,
+        )
+        return AutoModelForCausalLM.from_pretrained(out).to(device).eval(), report
+    state_dict, report = merge_with_report(
+        models.base, experts, spec.method, device=str(device), progress=False, **hparams
+    )
+    state_dict = {name: tensor.cpu() for name, tensor in state_dict.items()}
+    return load_merged_model(models.base, state_dict).to(device), report
+
+
+def normalized_mean(
+    scores: dict[str, float], references: dict[str, float], category_of: dict[str, str]
+) -> float:
+    """Mean normalized score within category, then across; tasks with a zero reference are left out."""
+    from mergelab import eval as ml_eval
+
+    normalized = ml_eval.normalized_scores(scores, references)
+    defined = {task: value for task, value in normalized.items() if not math.isnan(value)}
+    return ml_eval.aggregate(defined, category_of) if defined else -math.inf
+
+
+def select_on_validation(spec, models, tasks, tokenizer, cache, device) -> dict[str, Any]:
+    """The grid point with the best mean normalized held-in validation score (first one on ties)."""
+    points = selection_points(spec.config, spec.method, spec.hparams)
+    if len(points) <= 1:
+        return points[0] if points else dict(spec.hparams)
+    held_in = {name: entry for name, entry in tasks.items() if entry[2] == "held_in"}
+    kinds = {name: kind for name, (kind, _, _) in held_in.items()}
+    references, _ = reference_scores(spec, models, held_in, "validation", cache)
+    category_of = {name: category for name, (_, category, _) in held_in.items()}
+    best, best_score = points[0], -math.inf
+    for point in points:
+        model, _ = merge_and_load(spec, models, point, device, None)
+        scores = score_tasks(model, tokenizer, kinds, "validation", spec.config.eval)
+        score = normalized_mean(scores, references, category_of)
+        print(
+            f"  select {json.dumps({k: point[k] for k in spec.config.select_grid[spec.method]})}: {score:.4f}"
+        )
+        if score > best_score:
+            best, best_score = point, score
+    return best
+
+
+def peak_memory_bytes(device: torch.device, merge_peak: int) -> int:
+    if device.type == "cuda":
+        return max(int(torch.cuda.max_memory_allocated(device)), merge_peak)
+    from mergelab.engine import peak_rss_bytes
+
+    return peak_rss_bytes()
+
+
+def build_rows(spec, tasks, scores, primary, multitask, hparams, facts) -> pd.DataFrame:
+    """One tidy row per evaluated task (its metric follows the task kind)."""
+    config = spec.config
+    rows = []
+    for name, (kind, category, group) in tasks.items():
+        value, reference, baseline = scores[name], primary[name], multitask[name]
+        rows.append(
+            {
+                **facts,
+                "hyperparameters": json.dumps(hparams, sort_keys=True),
+                "scale": float(hparams.get("scale") if hparams.get("scale") is not None else math.nan),
+                "density": float(hparams.get("density") if hparams.get("density") is not None else math.nan),
+                "task": name,
+                "category": category,
+                "group": group,
+                "split": config.eval.split,
+                "metric": METRIC_OF_KIND[kind],
+                "value": value,
+                "reference": reference,
+                "normalized": value / reference if reference else math.nan,
+                "multitask_reference": baseline,
+                "normalized_multitask": value / baseline if baseline else math.nan,
+            }
+        )
+    return pd.DataFrame(rows, columns=results.COLUMNS)
+
+
+def execute(spec: RunSpec) -> pd.DataFrame:
+    """Merge, evaluate and record one validated run (no resume check)."""
+    config = spec.config
+    device = resolve_device(config.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    models = locate_models(spec)
+    tasks = task_plan(spec)
+    tokenizer = load_tokenizer(models.base)
+    cache = ReferenceCache(config.results_dir, config.eval, device, config.progress)
+    print(
+        f"run {spec.run_id}: {config.model.name}/{config.experts.base_kind} {spec.method} "
+        f"x{len(spec.categories)} [{','.join(spec.categories)}] on {device}"
+    )
+    hparams = dict(spec.hparams)
+    if config.select == "validation":
+        hparams = select_on_validation(spec, models, tasks, tokenizer, cache, device)
+    out = (
+        Path(config.results_dir) / config.study / "merged" / spec.config_hash if config.save_merged else None
+    )
+    model, report = merge_and_load(spec, models, hparams, device, out)
+    started = time.perf_counter()
+    kinds = {name: kind for name, (kind, _, _) in tasks.items()}
+    scores = score_tasks(
+        model, tokenizer, kinds, config.eval.split, config.eval, progress=config.progress, desc="merged"
+    )
+    eval_seconds = time.perf_counter() - started
+    primary, multitask = reference_scores(spec, models, tasks, config.eval.split, cache)
+    facts = {
+        "run_id": spec.run_id,
+        "study": config.study,
+        "model": config.model.name,
+        "parameters": sum(parameter.numel() for parameter in model.parameters()),
+        "base_kind": config.experts.base_kind,
+        "method": spec.method,
+        "selection": config.select,
+        "expert_set": ",".join(spec.categories),
+        "n_experts": len(spec.categories),
+        "subset_seed": config.experts.subset_seed,
+        "merge_seconds": report.seconds,
+        "eval_seconds": eval_seconds,
+        "peak_memory_bytes": peak_memory_bytes(device, report.peak_device_bytes),
+        "device": str(device),
+        "config_hash": spec.config_hash,
+        "git_commit": results.git_commit(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return build_rows(spec, tasks, scores, primary, multitask, hparams, facts)
+
+
+def run_one(cfg: Any) -> pd.DataFrame:
+    """Run one composed config (DictConfig or mapping) unless its fragment exists; returns its rows."""
+    from mergelab.logging_wandb import log_run
+    from mergelab.report import print_summary
+
+    spec = validate(cfg)
+    config = spec.config
+    path = results.fragment_path(config.study, spec.config_hash, config.results_dir)
+    if path.is_file() and not config.force:
+        print(f"run {spec.run_id}: done before, skipped ({path})")
+        return results.read_fragment(path)
+    rows = execute(spec)
+    results.write_fragment(rows, path)
+    log_run(config, spec, rows)
+    print_summary(rows)
+    return rows
+
+
+def run_study(experiment: str, overrides: list[str] | None = None) -> pd.DataFrame:
+    """Every run of the study `experiment` (its sweep crossed with `overrides`), in this process."""
+    runs = plan([f"experiment={experiment}", *(overrides or [])], multirun=True)
+    frames = [run_one(cfg) for _, cfg in runs]
+    print(f"study {experiment}: {len(frames)} runs")
+    return pd.concat(frames, ignore_index=True) if frames else results.empty_frame()
+
+
+def _hydra_job(cfg) -> None:
+    run_one(cfg)
+
+
+def _launch(args: list[str]) -> int:
+    """Hand the command line to `@hydra.main` (launchers, -m, --cfg ...); its exit code."""
+    import hydra
+
+    entry = hydra.main(config_path=str(CONF_DIR), config_name=CONFIG_NAME, version_base="1.3")(_hydra_job)
+    previous = sys.argv
+    sys.argv = ["mergelab run", *args]
+    try:
+        entry()
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = previous
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """`mergelab run [-m] [overrides]`: validate every planned run, launch them, print the summary."""
+    from mergelab.report import print_summary
+
+    flags = [arg for arg in argv if arg.startswith("-")]
+    if any(flag not in ("-m", "--multirun") for flag in flags):
+        return _launch(argv)  # --help, --cfg, --info ...: Hydra's own behaviour
+    overrides = [arg for arg in argv if not arg.startswith("-")]
+    try:
+        specs = [validate(cfg) for _, cfg in plan(overrides, multirun=bool(flags))]
+        for spec in specs:
+            locate_models(spec)
+    except ConfigError as error:
+        print(f"mergelab run: error: {error}", file=sys.stderr)
+        return 2
+
+    def done(spec: RunSpec) -> bool:
+        return results.has_fragment(spec.config.study, spec.config_hash, spec.config.results_dir)
+
+    pending = [spec for spec in specs if spec.config.force or not done(spec)]
+    code = _launch(argv) if pending else 0  # a finished sweep is not relaunched (resume is instant)
+    frames = [
+        results.read_fragment(path)
+        for spec in specs
+        if (
+            path := results.fragment_path(spec.config.study, spec.config_hash, spec.config.results_dir)
+        ).is_file()
+    ]
+    if len(specs) > 1 and frames:
+        print_summary(pd.concat(frames, ignore_index=True))
+    done = len(frames)
+    print(
+        f"mergelab run: {done}/{len(specs)} runs have results in {results.fragment_dir(specs[0].config.study, specs[0].config.results_dir)}"
+    )
+    return code or (0 if done == len(specs) else 1)

@@ -1,0 +1,137 @@
+"""Task scores of a model, and cached reference scores (experts, base zero-shot, multitask baseline).
+
+Normalization needs, for every evaluated task, the score of a reference model on the same split with the
+same evaluation settings. Those scores do not depend on the merge, so they are computed once and cached as
+small JSON files under `<results_dir>/_references/<model fingerprint>/<split>-<settings>/<task>.json`; the
+fingerprint is the zoo manifest's weight digest (or the model path for models outside the zoo), so a
+rebuilt zoo never reuses stale references. Each file is written atomically, so parallel sweep workers may
+fill the cache concurrently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from mergelab import zoo
+from mergelab.config import EvalConfig
+
+METRIC_OF_KIND = {"classification": "accuracy", "generation": "exact_match"}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_tokenizer(path: str | Path):
+    """The model's tokenizer, with a pad token (eos when the checkpoint has none) as the evaluators need."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(path: str | Path, device: torch.device):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+
+
+def score_tasks(
+    model,
+    tokenizer,
+    tasks: Mapping[str, str],
+    split: str,
+    settings: EvalConfig,
+    *,
+    progress: bool = False,
+    desc: str = "eval",
+) -> dict[str, float]:
+    """Accuracy / exact match of `model` on each task (name -> kind) of the zoo suite."""
+    from mergelab import eval as ml_eval
+
+    scores = {}
+    for name in tqdm(list(tasks), desc=desc, disable=not progress, leave=False):
+        scores[name] = ml_eval.evaluate_task(
+            model,
+            tokenizer,
+            zoo.load_task(name, split),
+            tasks[name],
+            batch_size=settings.batch_size,
+            length_normalize=settings.length_normalize,
+            max_examples=settings.max_examples,
+            progress=False,
+        )
+    return scores
+
+
+def model_fingerprint(path: str | Path) -> str:
+    """Identity of a model's weights: the zoo manifest digest when present, else its path."""
+    manifest = Path(path) / "manifest.json"
+    try:
+        identity = json.loads(manifest.read_text())["sha256"]
+    except (OSError, KeyError, json.JSONDecodeError):
+        identity = str(Path(path).resolve()) if Path(path).exists() else str(path)
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+class ReferenceCache:
+    """Reference scores per (model, split, evaluation settings, task), computed on first use."""
+
+    def __init__(self, results_dir: str | Path, settings: EvalConfig, device: torch.device, progress: bool):
+        self.root = Path(results_dir) / "_references"
+        self.settings = settings
+        self.device = device
+        self.progress = progress
+        self.seconds = 0.0
+
+    def _file(self, model_path: str | Path, split: str, task: str) -> Path:
+        options = f"{split}-n{self.settings.max_examples}-ln{int(self.settings.length_normalize)}"
+        return self.root / model_fingerprint(model_path) / options / f"{task}.json"
+
+    def scores(self, model_path: str | Path, tasks: Mapping[str, str], split: str) -> dict[str, float]:
+        """Scores of the model at `model_path` on `tasks` (name -> kind), evaluating only uncached ones."""
+        cached: dict[str, float] = {}
+        for task in tasks:
+            try:
+                cached[task] = json.loads(self._file(model_path, split, task).read_text())["value"]
+            except (OSError, KeyError, json.JSONDecodeError):
+                pass
+        missing = {task: kind for task, kind in tasks.items() if task not in cached}
+        if missing:
+            started = time.perf_counter()
+            model = load_model(model_path, self.device)
+            tokenizer = load_tokenizer(model_path)
+            fresh = score_tasks(
+                model,
+                tokenizer,
+                missing,
+                split,
+                self.settings,
+                progress=self.progress,
+                desc=f"reference {Path(model_path).name}",
+            )
+            for task, value in fresh.items():
+                self._write(self._file(model_path, split, task), {"value": value, "model": str(model_path)})
+            cached |= fresh
+            del model
+            self.seconds += time.perf_counter() - started
+        return {task: cached[task] for task in tasks}
+
+    @staticmethod
+    def _write(path: Path, record: dict) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        temporary.write_text(json.dumps(record))
+        os.replace(temporary, path)

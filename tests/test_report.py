@@ -1,0 +1,103 @@
+"""Report: per-run aggregation (mean within category, then across), tables and figures from a fixture."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mergelab import report, results
+from tests.test_results import make_rows
+
+# Two held-in categories (a: two tasks, b: one) and one held-out category.
+TASKS = {
+    "a1": ("a", "held_in", 0.4, 0.8),  # normalized 0.5
+    "a2": ("a", "held_in", 0.9, 0.9),  # 1.0   -> category a: 0.75
+    "b1": ("b", "held_in", 0.3, 0.6),  # 0.5   -> category b: 0.5 ; held-in = 0.625
+    "z1": ("z", "held_out", 0.6, 0.4),  # 1.5
+    "z2": ("z", "held_out", 0.2, 0.0),  # undefined (reference 0): left out -> held-out = 1.5
+}
+
+
+def fixture_rows() -> pd.DataFrame:
+    frames = []
+    for model, parameters in (("xs", 1000), ("s", 8000)):
+        for method in ("ties", "average"):
+            for n_experts in (2, 4):
+                for seed in (0, 1):
+                    tasks = dict(TASKS)
+                    if method == "average":  # shift held-in so methods differ
+                        tasks["b1"] = ("b", "held_in", 0.6, 0.6)
+                    if seed == 1:
+                        tasks["z1"] = ("z", "held_out", 0.2, 0.4)
+                    config_hash = f"{model}{method}{n_experts}{seed}"
+                    frames.append(
+                        make_rows(
+                            config_hash,
+                            tasks,
+                            model=model,
+                            parameters=parameters,
+                            method=method,
+                            n_experts=n_experts,
+                            subset_seed=seed,
+                        )
+                    )
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_summarize_runs_means_within_category_then_across():
+    summary = report.summarize_runs(fixture_rows())
+    assert len(summary) == 16
+    run = summary[summary["config_hash"] == "xsties20"].iloc[0]
+    assert run["held_in"] == pytest.approx((0.75 + 0.5) / 2)
+    assert run["held_out"] == pytest.approx(1.5)
+    assert math.isnan(run["held_in_multitask"])
+    average = summary[summary["config_hash"] == "xsaverage21"].iloc[0]
+    assert average["held_in"] == pytest.approx((0.75 + 1.0) / 2)
+    assert average["held_out"] == pytest.approx(0.5)
+
+
+def test_study_table_averages_over_expert_subsets():
+    table = report.study_table(report.summarize_runs(fixture_rows()))
+    assert len(table) == 2 * 2 * 2
+    row = table[(table["model"] == "s") & (table["method"] == "ties") & (table["n_experts"] == 4)].iloc[0]
+    assert row["held_out"] == pytest.approx((1.5 + 0.5) / 2) and row["subsets"] == 2
+    markdown = report.to_markdown(table)
+    lines = markdown.splitlines()
+    assert lines[0].startswith("| model | parameters | base_kind | method | n_experts | held_in |")
+    assert len(lines) == 2 + len(table) and "| 1.000 |" in markdown
+
+
+def test_one_size_study_draws_no_size_figure(tmp_path):
+    rows = fixture_rows()
+    paths = report.write_report(rows[rows["model"] == "xs"], tmp_path)
+    assert "normalized_vs_size.png" not in {path.name for path in paths}
+
+
+def test_report_command_reads_the_study_fragments(tmp_path, capsys):
+    rows = fixture_rows().assign(study="micro_smoke")
+    for config_hash, run in rows.groupby("config_hash"):
+        results.write_fragment(run, results.fragment_path("micro_smoke", config_hash, tmp_path))
+    assert report.main(["experiment=micro_smoke", f"results_dir={tmp_path}"]) == 0
+    out_dir = tmp_path / "micro_smoke"
+    written = {
+        Path(line.removeprefix("wrote "))
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("wrote ")
+    }
+    names = ["normalized_vs_experts.png", "normalized_vs_size.png", "rows.parquet", "summary.md"]
+    assert written == {out_dir / name for name in names}
+    for path in written:
+        assert path.stat().st_size > 0
+        if path.suffix == ".png":
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def ordered(frame):
+        return frame.sort_values(["config_hash", "task"]).reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(ordered(results.read_fragment(out_dir / "rows.parquet")), ordered(rows))
+    assert "| xs | 1000 | base | average | 2 |" in (out_dir / "summary.md").read_text()
+    assert report.main(["experiment=default_study", f"results_dir={tmp_path}"]) == 1
+    assert "no results for study 'default_study'" in capsys.readouterr().err
