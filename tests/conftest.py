@@ -15,6 +15,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 
+@pytest.fixture
+def single_torch_thread():
+    """One intra-op thread for many tiny forward passes: more threads only oversubscribe a shared 2-core CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_llama(seed: int = 0, vocab_size: int = 96, tie: bool = False):
     from transformers import LlamaConfig, LlamaForCausalLM
 

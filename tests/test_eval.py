@@ -34,13 +34,7 @@ def word_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-@pytest.fixture(autouse=True)
-def single_torch_thread():
-    """One intra-op thread: on the shared 2-core CPU more threads oversubscribe it (10-20x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")

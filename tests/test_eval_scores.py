@@ -6,7 +6,6 @@ import math
 
 import evaluate
 import pytest
-import torch
 from datasets import Dataset
 
 from mergelab.eval import (
@@ -20,14 +19,7 @@ from mergelab.eval import (
 )
 from tests.test_eval import LENGTH_CASE, bigram_llama, bigram_table, word_tokenizer
 
-
-@pytest.fixture(autouse=True)
-def single_torch_thread():
-    """One intra-op thread: on the shared 2-core CPU more threads oversubscribe it (10-20x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")
