@@ -101,43 +101,33 @@ def draw_figures(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
         var_name="tasks",
         value_name="normalized score",
     ).dropna(subset=["normalized score"])
-    paths = []
+    style = {
+        "hue": "method",
+        "style": "base_kind",
+        "col": "tasks",
+        "kind": "line",
+        "marker": "o",
+        "facet_kws": {"sharey": False},
+        "height": 3.2,
+        "aspect": 1.2,
+    }
+
+    def save(grid, name: str) -> Path:
+        path = out_dir / name
+        grid.savefig(path, dpi=120)
+        plt.close(grid.figure)
+        return path
+
+    several_models = summary["model"].nunique() > 1
     grid = sns.relplot(
-        data=long,
-        x="n_experts",
-        y="normalized score",
-        hue="method",
-        style="base_kind",
-        col="tasks",
-        row="model" if summary["model"].nunique() > 1 else None,
-        kind="line",
-        marker="o",
-        facet_kws={"sharey": False},
-        height=3.2,
-        aspect=1.2,
+        data=long, x="n_experts", y="normalized score", row="model" if several_models else None, **style
     )
     grid.set(xticks=sorted(summary["n_experts"].unique()))
-    paths.append(out_dir / "normalized_vs_experts.png")
-    grid.savefig(paths[-1], dpi=120)
-    plt.close(grid.figure)
-    if summary["model"].nunique() > 1:
-        grid = sns.relplot(
-            data=long,
-            x="parameters",
-            y="normalized score",
-            hue="method",
-            style="base_kind",
-            col="tasks",
-            kind="line",
-            marker="o",
-            facet_kws={"sharey": False},
-            height=3.2,
-            aspect=1.2,
-        )
+    paths = [save(grid, "normalized_vs_experts.png")]
+    if several_models:
+        grid = sns.relplot(data=long, x="parameters", y="normalized score", **style)
         grid.set(xscale="log")
-        paths.append(out_dir / "normalized_vs_size.png")
-        grid.savefig(paths[-1], dpi=120)
-        plt.close(grid.figure)
+        paths.append(save(grid, "normalized_vs_size.png"))
     return paths
 
 
