@@ -10,21 +10,22 @@ from tests.conftest import state_dicts
 from tests.reference import paper_ties
 
 
-def run_cli(*args: str) -> int:
-    return cli(["merge", *args])
+def merge_family(family: dict, out, *options: str) -> int:
+    """`mergelab merge` of a saved family's base and experts into `out`, without a progress bar."""
+    experts = ",".join(str(path) for path in family["experts"])
+    return cli(
+        ["merge", f"base={family['base']}", f"experts=[{experts}]", f"out={out}", "progress=false", *options]
+    )
 
 
 def test_llama_task_arithmetic_via_cli_matches_formula(llama_family, tmp_path):
     out = tmp_path / "merged"
-    experts = ",".join(str(path) for path in llama_family["experts"])
-    code = run_cli(
+    code = merge_family(
+        llama_family,
+        out,
         "merge=task_arithmetic",
-        f"base={llama_family['base']}",
-        f"experts=[{experts}]",
-        f"out={out}",
         "merge.scale=0.7",
         "device=cpu",
-        "progress=false",
     )
     assert code == 0
     base, *experts_sd = state_dicts([llama_family["base"], *llama_family["experts"]])
@@ -41,17 +42,14 @@ def test_llama_task_arithmetic_via_cli_matches_formula(llama_family, tmp_path):
 
 def test_llama_ties_tensor_scope_matches_paper_formula(llama_family, tmp_path):
     out = tmp_path / "ties"
-    experts = ",".join(str(path) for path in llama_family["experts"])
     assert (
-        run_cli(
+        merge_family(
+            llama_family,
+            out,
             "merge=ties",
-            f"base={llama_family['base']}",
-            f"experts=[{experts}]",
-            f"out={out}",
             "merge.trim_scope=tensor",
             "merge.density=0.3",
             "device=cpu",
-            "progress=false",
         )
         == 0
     )
@@ -66,15 +64,12 @@ def test_llama_ties_tensor_scope_matches_paper_formula(llama_family, tmp_path):
 
 def test_t5_average_via_cli_reloads_and_generates(t5_family, tmp_path):
     out = tmp_path / "t5"
-    experts = ",".join(str(path) for path in t5_family["experts"])
     assert (
-        run_cli(
+        merge_family(
+            t5_family,
+            out,
             "merge=average",
-            f"base={t5_family['base']}",
-            f"experts=[{experts}]",
-            f"out={out}",
             "device=cpu",
-            "progress=false",
         )
         == 0
     )
@@ -92,15 +87,12 @@ def test_bfloat16_checkpoint_keeps_dtype_and_computes_in_float32(tmp_path):
 
     family = save_family(tmp_path, tiny_llama(seed=3).to(torch.bfloat16), 2)
     out = tmp_path / "merged"
-    experts = ",".join(str(path) for path in family["experts"])
     assert (
-        run_cli(
+        merge_family(
+            family,
+            out,
             "merge=task_arithmetic",
-            f"base={family['base']}",
-            f"experts=[{experts}]",
-            f"out={out}",
             "merge.scale=0.5",
-            "progress=false",
         )
         == 0
     )
