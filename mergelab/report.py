@@ -3,11 +3,14 @@
 Writes into `<results_dir>/<study>/` (by default `results/<study>/`, the committed study outputs):
 `rows.parquet` (every tidy row), `summary.md` (normalized held-in / held-out per configuration, averaged
 over expert subsets) and PNG figures: normalized score against the number of experts per method and base
-kind, and, when the study spans several model sizes, against the parameter count.
+kind, and, when the study spans several model sizes, against the parameter count. A study with its own
+analyses adds them in `mergelab/studies/<study>.py`, whose `extend_report(rows, summary, out_dir)` writes
+further tables and figures and returns their paths.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import sys
 from pathlib import Path
@@ -144,7 +147,18 @@ def write_report(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
         f"`_multitask`: / the multitask baseline), mean within category, then across categories, then over "
         f"expert subsets. {len(summary)} runs, {len(rows)} rows.\n\n{to_markdown(table)}\n"
     )
-    return [rows_path, markdown, *draw_figures(summary, out_dir)]
+    return [rows_path, markdown, *draw_figures(summary, out_dir), *study_extension(rows, summary, out_dir)]
+
+
+def study_extension(rows: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """The paths written by the study's own `mergelab.studies.<study>.extend_report`, if it has one."""
+    paths: list[Path] = []
+    for study in sorted(rows["study"].unique()):
+        module_name = f"mergelab.studies.{study}"
+        if importlib.util.find_spec(module_name) is not None:
+            module = importlib.import_module(module_name)
+            paths += module.extend_report(rows, summary, out_dir)
+    return paths
 
 
 def main(argv: list[str]) -> int:
