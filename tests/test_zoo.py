@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -136,6 +137,23 @@ def test_disk_full_is_a_clear_error_and_leaves_no_partial_entry(micro_zoo, monke
         with atomic_directory(target) as staging:
             fill_disk(staging)
     assert not target.exists() and not list(target.parent.glob(".scratch.partial*"))
+
+
+def test_an_entry_finished_first_by_a_concurrent_build_is_kept(tmp_path, monkeypatch):
+    from mergelab.zoo import cache
+
+    target = tmp_path / "suite"
+    rename = Path.rename
+
+    def other_build_wins(self, destination):
+        destination.mkdir()  # another process renamed its finished copy into place just before us
+        (destination / "data").write_text("theirs")
+        return rename(self, destination)
+
+    monkeypatch.setattr(Path, "rename", other_build_wins)
+    with cache.atomic_directory(target) as staging:
+        (staging / "data").write_text("mine")
+    assert (target / "data").read_text() == "theirs" and not list(tmp_path.glob(".suite.partial*"))
 
 
 def test_cli_lists_the_built_size_and_rejects_bad_options(micro_zoo, capsys):

@@ -33,7 +33,13 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     try:
         yield staging
         shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
+        try:
+            staging.rename(target)
+        except OSError as error:
+            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            # A concurrent build finished the same entry first; builds are deterministic, so keep its copy.
+            shutil.rmtree(staging, ignore_errors=True)
     except OSError as error:
         shutil.rmtree(staging, ignore_errors=True)
         if error.errno == errno.ENOSPC:
