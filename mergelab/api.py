@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from mergelab.checkpoint import Checkpoint, CheckpointError, open_checkpoint, sidecar_files
-from mergelab.engine import MergeReport, check_inputs, merge_checkpoints
+from mergelab.engine import MergeReport, check_inputs, merge_checkpoints, resolve_device
 from mergelab.methods import MergeConfigError, MergeMethod, get_method
 from mergelab.output import CheckpointOutput
 
@@ -35,15 +35,27 @@ def merge_with_report(
     overwrite: bool = False,
     max_shard_size: int | str = "5GB",
     progress: bool = True,
+    data: Sequence[str] | None = None,
+    statistics_progress: bool | None = None,
     **hparams: Any,
 ) -> tuple[dict[str, torch.Tensor] | Path, MergeReport]:
-    """Like `merge`, also returning the `MergeReport` (tensors, bytes, seconds, peak memory)."""
+    """Like `merge`, also returning the `MergeReport` (tensors, bytes, seconds, peak memory).
+
+    `statistics_progress` (default: `progress`) shows the bars and summary lines of statistic computation.
+    """
     merge_method = build_method(method, hparams)
     expert_refs = _expert_list(experts)
     output = CheckpointOutput(out, overwrite=overwrite, max_shard_size=max_shard_size) if out else None
     if output is not None:
         output.refuse_inputs(_local_paths([base, *expert_refs]))
+    if getattr(merge_method, "whole_model", False):  # PLeaS: whole models, not tensor by tensor
+        from mergelab.pleas.merge import merge_whole_model
+
+        return merge_whole_model(
+            merge_method, base, expert_refs, output, data=data, device=device, progress=progress
+        )
     opened: list[Checkpoint] = []
+    statistics: list = []
     try:
         base_checkpoint = open_checkpoint(base, "base")
         opened.append(base_checkpoint)
@@ -51,9 +63,22 @@ def merge_with_report(
             opened.append(open_checkpoint(expert, f"expert {index} ({_describe(expert)})"))
         expert_checkpoints = opened[1:]
         infos, _ = check_inputs(base_checkpoint, expert_checkpoints, merge_method, device)
+        statistics = _expert_statistics(
+            merge_method,
+            base_checkpoint,
+            expert_checkpoints,
+            data,
+            device,
+            progress if statistics_progress is None else statistics_progress,
+        )
         if output is None:
             return merge_checkpoints(
-                base_checkpoint, expert_checkpoints, merge_method, device=device, progress=progress
+                base_checkpoint,
+                expert_checkpoints,
+                merge_method,
+                device=device,
+                progress=progress,
+                statistics=statistics,
             )
         with output:
             output.start(sorted(infos), infos, sidecar_files(base_checkpoint.directory))
@@ -64,11 +89,58 @@ def merge_with_report(
                 device=device,
                 output=output,
                 progress=progress,
+                statistics=statistics,
             )
             return output.finish(), report
     finally:
         for checkpoint in opened:
             checkpoint.close()
+        for statistic in statistics:
+            statistic.close()
+
+
+def _expert_statistics(
+    method: MergeMethod,
+    base: Checkpoint,
+    experts: Sequence[Checkpoint],
+    data: Sequence[str] | None,
+    device: str,
+    progress: bool,
+) -> list:
+    """The experts' cached statistics (`mergelab.stats.StatisticFile`) for a data-aware method, else []."""
+    if method.statistic is None:
+        if data is not None:
+            raise MergeConfigError(
+                f"data= is used only by data-aware methods; method '{method.name}' takes none"
+            )
+        return []
+    from mergelab.stats import StatisticRequest, check_data_specs, expert_statistics
+
+    specs = check_data_specs(data, len(experts), method.name)
+    for expert in experts:
+        if expert.directory is None:
+            raise CheckpointError(
+                f"method '{method.name}' runs each expert on data: {expert.label} must be a model directory "
+                "or hub id, not a state dict"
+            )
+    request = StatisticRequest(kind=method.statistic, **method.statistic_request())
+    statistics = expert_statistics(
+        [expert.directory for expert in experts],
+        specs,
+        request,
+        tokenizer_fallback=base.directory,
+        device=resolve_device(device),
+        progress=progress,
+    )
+    for expert, statistic in zip(experts, statistics):
+        if not set(statistic.names) & set(expert.infos()):
+            for opened in statistics:
+                opened.close()
+            raise CheckpointError(
+                f"{expert.label}: its {method.statistic} statistic ({statistic.path}) names none of the "
+                "checkpoint's tensors; the model's parameter names differ from the stored ones"
+            )
+    return statistics
 
 
 def _expert_list(experts: Sequence[CheckpointRef]) -> list[CheckpointRef]:
@@ -96,6 +168,7 @@ def merge(
     overwrite: bool = False,
     max_shard_size: int | str = "5GB",
     progress: bool = True,
+    data: Sequence[str] | None = None,
     **hparams: Any,
 ) -> dict[str, torch.Tensor] | Path:
     """Merge `experts` into `base` with `method` (a registered name or a `MergeMethod`).
@@ -103,6 +176,11 @@ def merge(
     `base` and `experts` are model directories, safetensors files, hub ids or state dicts. Returns the
     merged state dict when `out` is None; otherwise writes a Hugging Face model directory to `out` (with
     the base's config and tokenizer) and returns its path.
+
+    Data-aware methods (fisher, regmean) compute a statistic of each expert on its training data, once, and
+    cache it under `$MERGELAB_HOME/stats`: `data` gives one data spec per expert, `zoo:<category>` (the
+    embedded zoo's train split of that category's tasks) or a directory written by `datasets.save_to_disk`
+    with columns prompt, target (and choices, label for classification); see `mergelab.stats.data`.
     """
     result, report = merge_with_report(
         base,
@@ -113,6 +191,7 @@ def merge(
         overwrite=overwrite,
         max_shard_size=max_shard_size,
         progress=progress,
+        data=data,
         **hparams,
     )
     if progress:
@@ -127,16 +206,22 @@ def _describe(reference: CheckpointRef) -> str:
 def load_merged_model(base: str | Path, state_dict: Mapping[str, torch.Tensor]):
     """A `transformers` model with the base's architecture carrying a merged state dict.
 
-    Tied weights (an `lm_head` shared with the embeddings) are absent from checkpoints and state dicts; any
-    other missing or unexpected tensor is an error.
+    The class follows the base (`scoring.model_class`: seq2seq for T5-like models, else causal LM). Tied
+    weights (an `lm_head` or T5's encoder/decoder embeddings sharing storage with a loaded tensor) are absent
+    from checkpoints and state dicts; any other missing or unexpected tensor is an error.
     """
-    from transformers import AutoModelForCausalLM
+    from mergelab.pleas.partial import widened_config
+    from mergelab.scoring import model_class
 
-    model = AutoModelForCausalLM.from_pretrained(base)
+    auto_class = model_class(base)
+    model = auto_class.from_pretrained(base)
+    widened = widened_config(model.config, state_dict)  # a PLeaS merge with budget > 1 has wider MLPs
+    if widened is not None:
+        model = auto_class.from_config(widened)
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    tied = {
-        name for name in missing if getattr(model.config, "tie_word_embeddings", False) and "lm_head" in name
-    }
+    storage = {name: tensor.data_ptr() for name, tensor in model.state_dict().items()}
+    loaded = {storage[name] for name in state_dict if name in storage}
+    tied = {name for name in missing if storage[name] in loaded}
     if set(missing) - tied or unexpected:
         raise ValueError(
             f"merged state dict does not fit {base}: missing {sorted(set(missing) - tied)}, "

@@ -38,10 +38,15 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ExpertsConfig:
-    """Which experts are merged: `n_experts` of the available categories, drawn with `subset_seed`."""
+    """Which experts are merged: `n_experts` of the available categories, drawn with `subset_seed`.
+
+    `init: different` takes the zoo experts alternately (in category order) from the base of init 0 and
+    from the independently initialized base of init 1 (`mergelab zoo build init=1`); `shared`: all from init 0.
+    """
 
     source: Literal["zoo", "paths"]
     base_kind: Literal["base", "it"]
+    init: Literal["shared", "different"]
     n_experts: int
     subset_seed: int
     categories: list[str] | None
@@ -51,6 +56,9 @@ class ExpertsConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
+    """What a run evaluates: `suite` zoo (the embedded synthetic tasks) or t0 (the real T0 mixture, read
+    from the hub or from `data_dir`, see `mergelab.suites.t0`), which groups, on which split and how."""
+
     held_in: bool
     held_out: bool
     split: Literal["train", "validation", "test"]
@@ -58,6 +66,8 @@ class EvalConfig:
     batch_size: int
     length_normalize: bool
     multitask_reference: bool
+    suite: Literal["zoo", "t0"]
+    data_dir: str | None
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,7 @@ class RunConfig:
     force: bool
     progress: bool
     select: Literal["none", "validation"]
+    select_subset_seed: int | None  # search on this seed's expert subset (None: the run's own subset)
     select_grid: dict[str, dict[str, list[float]]]
 
 
@@ -185,9 +196,20 @@ def _check_method(method: str, hparams: Mapping[str, Any], key: str = "merge") -
 
 
 def available_categories(config: RunConfig) -> list[str]:
-    """The held-in categories that have an expert: the zoo's eight, or the keys of `experts.paths`."""
+    """The held-in categories that have an expert: the zoo's eight, or the keys of `experts.paths`
+    (which, with the t0 suite, must be T0 held-in categories)."""
     if config.experts.source == "paths":
-        return list(config.experts.paths or {})
+        categories = list(config.experts.paths or {})
+        if config.eval.suite == "t0":
+            from mergelab.suites import t0
+
+            allowed = t0.load_suite().held_in_categories
+            unknown = [name for name in categories if name not in allowed]
+            if unknown:
+                raise ConfigError(
+                    f"experts.paths.{unknown[0]}: not a T0 held-in category; allowed: {', '.join(allowed)}"
+                )
+        return categories
     from mergelab import zoo
 
     return zoo.load_suite().held_in_categories
@@ -231,21 +253,33 @@ def config_hash(config: RunConfig, categories: list[str]) -> str:
     """SHA-256 of what determines a run's numbers (not the logger, paths of outputs, device or force)."""
     experts = dataclasses.asdict(config.experts)
     experts["categories"] = categories
+    if experts["init"] == "shared":
+        del experts["init"]  # the default before `init` existed: earlier runs keep their hashes
     if config.experts.categories is not None or len(categories) == len(available_categories(config)):
         experts["subset_seed"] = None  # the seed chose nothing: every seed names the same run
     if experts["paths"]:
         experts["paths"] = {name: experts["paths"][name] for name in categories}
+    evaluation = dataclasses.asdict(config.eval)
+    if evaluation["suite"] == "zoo":
+        del evaluation["suite"], evaluation["data_dir"]  # the zoo suite's hashes predate these keys
+    else:
+        from mergelab.suites import t0
+
+        evaluation["suite_version"] = t0.SUITE_VERSION
+        evaluation["data_dir"] = t0.data_dir(config.eval.data_dir)  # fixture data is not hub data
     identity = {
         "version": HASH_VERSION,
         "model": dataclasses.asdict(config.model),
         "experts": experts,
         "merge": config.merge,
-        "eval": dataclasses.asdict(config.eval),
+        "eval": evaluation,
         "select": config.select,
         "select_grid": config.select_grid.get(config.merge["method"])
         if config.select == "validation"
         else None,
     }
+    if config.select == "validation" and config.select_subset_seed is not None:
+        identity["select_subset_seed"] = config.select_subset_seed  # absent otherwise: older hashes hold
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
@@ -259,10 +293,10 @@ def validate(composed: Any) -> RunSpec:
     if method is None:
         raise ConfigError("missing key 'merge.method'")
     _check_method(method, merge)
-    if config.model.arch != "causal_lm":
+    if config.model.arch != "causal_lm" and config.eval.suite != "t0":
         raise ConfigError(
-            f"model.arch: {config.model.arch!r} cannot be evaluated by `mergelab run` (allowed: causal_lm); "
-            "merge such checkpoints with `mergelab merge`"
+            f"model.arch: {config.model.arch!r} is evaluated only on the T0 suite (eval=t0); "
+            "the zoo suite's tasks are for the zoo's causal LMs"
         )
     if config.model.source == "zoo":
         from mergelab import zoo
@@ -273,11 +307,22 @@ def validate(composed: Any) -> RunSpec:
             )
         if config.experts.source != "zoo":
             raise ConfigError("experts.source: 'paths' is not allowed with a zoo model; allowed: zoo")
+        if config.eval.suite != "zoo":
+            raise ConfigError(
+                f"eval.suite: {config.eval.suite!r} is not allowed with a zoo model (its tokenizer knows "
+                "only the zoo's words); allowed: zoo"
+            )
+        if config.experts.init == "different" and config.experts.base_kind != "base":
+            raise ConfigError(
+                "experts.init: 'different' needs experts.base_kind=base (the second zoo init has no it base)"
+            )
     else:
         if not config.model.path:
             raise ConfigError(f"model.path: required for the hub preset {config.model.name!r}")
         if config.experts.source != "paths":
             raise ConfigError("experts.source: 'zoo' is not allowed with a hub model; allowed: paths")
+        if config.experts.init != "shared":
+            raise ConfigError("experts.init: 'different' is for zoo experts; allowed with paths: shared")
     if not (config.eval.held_in or config.eval.held_out):
         raise ConfigError("eval: held_in and held_out are both false; allowed: at least one true")
     for name, grid in config.select_grid.items():

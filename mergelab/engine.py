@@ -8,6 +8,7 @@ per-expert cuts and majority sign from streaming passes first (`mergelab.global_
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 import time
 from collections import deque
@@ -15,6 +16,7 @@ from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -23,6 +25,15 @@ from mergelab.checkpoint import Checkpoint, CheckpointError, TensorInfo, check_c
 from mergelab.global_trim import global_trim_contexts
 from mergelab.methods import MergeMethod, TensorContext
 from mergelab.output import CheckpointOutput
+
+
+class ExpertStatistic(Protocol):
+    """One expert's per-tensor statistic for a data-aware method (`mergelab.stats.StatisticFile`)."""
+
+    @property
+    def norm(self) -> float: ...
+
+    def get(self, name: str) -> torch.Tensor | None: ...
 
 
 def resolve_device(device: str) -> torch.device:
@@ -128,9 +139,20 @@ def merge_checkpoints(
     device: str = "auto",
     output: CheckpointOutput | None = None,
     progress: bool = True,
+    statistics: Sequence[ExpertStatistic] | None = None,
 ) -> tuple[dict[str, torch.Tensor] | None, MergeReport]:
-    """Merge `experts` into `base` with `method`; write through `output`, or return a state dict."""
+    """Merge `experts` into `base` with `method`; write through `output`, or return a state dict.
+
+    A method with a `statistic` needs `statistics`, one per expert: each tensor's entries reach the method
+    in `TensorContext.statistics`, read one tensor at a time.
+    """
     infos, compute_device = check_inputs(base, experts, method, device)
+    if method.statistic is not None and (statistics is None or len(statistics) != len(experts)):
+        given = "none" if statistics is None else len(statistics)
+        raise CheckpointError(
+            f"method '{method.name}' needs one {method.statistic} statistic per expert "
+            f"({len(experts)}), got {given}"
+        )
     names = sorted(infos)
     float_names = [name for name in names if is_float(infos[name].dtype)]
     started = time.perf_counter()
@@ -142,7 +164,7 @@ def merge_checkpoints(
         if method.needs_global_trim
         else {name: TensorContext(name=name) for name in float_names}
     )
-    merged = _merge_pass(stream, names, infos, method, contexts, output, progress)
+    merged = _merge_pass(stream, names, infos, method, contexts, output, progress, statistics)
     peak_device = torch.cuda.max_memory_allocated(compute_device) if compute_device.type == "cuda" else 0
     report = MergeReport(
         tensors=len(names),
@@ -156,6 +178,20 @@ def merge_checkpoints(
     return merged, report
 
 
+def _with_statistics(
+    context: TensorContext, statistics: Sequence[ExpertStatistic] | None, stream: TensorStream
+) -> TensorContext:
+    """`context` plus the experts' statistics of its tensor (float32 on the device), read just now."""
+    if not statistics:
+        return context
+    values = [statistic.get(context.name) for statistic in statistics]
+    return dataclasses.replace(
+        context,
+        statistics=tuple(None if value is None else stream.upcast(value) for value in values),
+        statistic_norms=tuple(statistic.norm for statistic in statistics),
+    )
+
+
 def _merge_pass(
     stream: TensorStream,
     names: list[str],
@@ -164,6 +200,7 @@ def _merge_pass(
     contexts: dict[str, TensorContext],
     output: CheckpointOutput | None,
     progress: bool,
+    statistics: Sequence[ExpertStatistic] | None = None,
 ) -> dict[str, torch.Tensor] | None:
     state_dict: dict[str, torch.Tensor] | None = None if output else {}
     # The bar is updated by hand: wrapping the stream in tqdm would keep each item alive one step longer.
@@ -175,7 +212,9 @@ def _merge_pass(
         for name, base, experts in stream.read(names, float_names=contexts):
             bar.update()
             if name in contexts:
-                merged = method.merge(base, experts, contexts[name])
+                context = _with_statistics(contexts[name], statistics, stream)
+                merged = method.merge(base, experts, context)
+                del context
                 result = merged.to(device="cpu", dtype=infos[name].dtype)
                 del merged
             else:

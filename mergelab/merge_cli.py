@@ -23,7 +23,7 @@ from mergelab.checkpoint import CheckpointError
 from mergelab.methods import METHODS, MergeConfigError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-JOB_KEYS = ("base", "experts", "out", "device", "overwrite", "max_shard_size", "progress")
+JOB_KEYS = ("base", "experts", "out", "device", "overwrite", "max_shard_size", "progress", "data")
 REQUIRED_KEYS = ("base", "experts", "out")
 
 
@@ -39,6 +39,15 @@ def help_text() -> str:
         "out and renamed into place when complete; an existing out is replaced only with overwrite=true.",
         "",
         "example: mergelab merge merge=ties base=/m/base 'experts=[/m/a,/m/b]' out=/m/merged merge.density=0.2",
+        "",
+        "Data-aware methods (fisher, regmean) compute a statistic of each expert on its training data, once,",
+        "cached under $MERGELAB_HOME/stats; give one data spec per expert, in the experts' order:",
+        "  'data=[zoo:color,zoo:place]'    the embedded zoo's train split of a category's (or one task's) tasks",
+        "  'data=[/d/task_a,/d/task_b]'    directories written by datasets.save_to_disk (the 'train' split of",
+        "                                  a DatasetDict) with columns prompt, target (+ choices, label)",
+        "example: mergelab merge merge=fisher base=/m/base 'experts=[/m/a,/m/b]' 'data=[/d/a,/d/b]' out=/m/f",
+        "merge=pleas (experts need not share a base; base= gives the tokenizer) runs the experts on the same data",
+        "specs; with merge.budget > 1 the merged MLP is wider and out/config.json says so.",
         "",
         "methods and their options with defaults (the merge=METHOD default is ties; the values of",
         "conf/merge/<method>.yaml are the paper defaults shown here):",
@@ -87,6 +96,8 @@ def compose_job(overrides: list[str]) -> DictConfig:
         )
     if not OmegaConf.is_list(config.experts):
         raise MergeConfigError(f"experts must be a list, e.g. 'experts=[/m/a,/m/b]', not {config.experts!r}")
+    if config.data is not None and not OmegaConf.is_list(config.data):
+        raise MergeConfigError(f"data must be a list, e.g. 'data=[zoo:color,zoo:place]', not {config.data!r}")
     for key in ("overwrite", "progress"):
         if not isinstance(config[key], bool):
             raise MergeConfigError(f"{key} must be true or false, not {config[key]!r}")
@@ -109,6 +120,7 @@ def run(overrides: list[str]) -> int:
         overwrite=config.overwrite,
         max_shard_size=config.max_shard_size,
         progress=config.progress,
+        data=None if config.data is None else [str(spec) for spec in config.data],
         **hparams,
     )
     return 0

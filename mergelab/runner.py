@@ -6,6 +6,8 @@ the held-in tasks (those of the merged experts' categories) and the held-out tas
 by its reference (held-in: the category's expert; held-out: the base zero-shot; second view: the
 multitask baseline) and writes one parquet fragment per run. `select=validation` first searches the
 method's grid (`select_grid`) on the validation splits and evaluates the best point on `eval.split`.
+With `select_subset_seed` the search merges the subset of that seed instead, once, and every subset
+seed of the same configuration reuses its cached choice.
 
 `mergelab run -m ...` sweeps with Hydra's launchers (joblib by default); `run_study` runs a study's sweep
 in this process, one run after another.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -25,9 +28,16 @@ from typing import Any
 import pandas as pd
 import torch
 
-from mergelab import results, zoo
-from mergelab.config import ConfigError, RunSpec, selection_points, validate
-from mergelab.scoring import METRIC_OF_KIND, ReferenceCache, load_tokenizer, resolve_device, score_tasks
+from mergelab import results, suites, zoo
+from mergelab.config import ConfigError, RunSpec, choose_categories, config_hash, selection_points, validate
+from mergelab.scoring import (
+    METRIC_OF_KIND,
+    ReferenceCache,
+    load_model,
+    load_tokenizer,
+    resolve_device,
+    score_tasks,
+)
 from mergelab.sweep import CONF_DIR, CONFIG_NAME, plan
 
 
@@ -47,22 +57,27 @@ def locate_models(spec: RunSpec) -> RunModels:
         paths = config.experts.paths or {}
         return RunModels(config.model.path, {c: paths[c] for c in spec.categories}, config.experts.multitask)
     size, kind = config.model.size, config.experts.base_kind
+    # experts.init=different: the i-th merged expert (category order) comes from zoo init i % 2
+    inits = [index % 2 if config.experts.init == "different" else 0 for index in range(len(spec.categories))]
     models = RunModels(
         str(zoo.model_path(size, kind, "base")),
-        {c: str(zoo.model_path(size, kind, "expert", c)) for c in spec.categories},
+        {c: str(zoo.model_path(size, kind, "expert", c, init=i)) for c, i in zip(spec.categories, inits)},
         str(zoo.model_path(size, kind, "multitask")),
     )
     for path in [models.base, *models.experts.values(), models.multitask]:
         if not (Path(path) / "config.json").is_file():
+            init = " init=1" if "/init1/" in Path(path).as_posix() else ""
             raise ConfigError(
-                f"model.size: zoo size '{size}' is not built ({path}); run `mergelab zoo build size={size}`"
+                f"model.size: zoo size '{size}' is not built ({path}); "
+                f"run `mergelab zoo build size={size}{init}`"
             )
     return models
 
 
 def task_plan(spec: RunSpec) -> dict[str, tuple[str, str, str]]:
-    """Evaluated tasks: name -> (kind, category, group held_in | held_out), in suite order."""
-    suite = zoo.load_suite()
+    """Evaluated tasks of the `eval.suite` suite: name -> (kind, category, group held_in | held_out), in
+    suite order."""
+    suite = suites.load_suite(spec.config.eval.suite)
     tasks = {}
     for name, task in suite.tasks.items():
         held_in = task.group == "held_in" and task.category in spec.categories and spec.config.eval.held_in
@@ -96,6 +111,16 @@ def reference_scores(
     return primary, multitask
 
 
+def training_data(spec: RunSpec) -> list[str] | None:
+    """For methods that run the experts on data (statistics, PLeaS): each expert's own data, `zoo:<category>`."""
+    from mergelab.methods import METHODS
+
+    method = METHODS[spec.method]
+    if method.statistic is None and not getattr(method, "whole_model", False):
+        return None
+    return [f"zoo:{category}" for category in spec.categories]
+
+
 def merge_and_load(
     spec: RunSpec, models: RunModels, hparams: dict[str, Any], device: torch.device, out: Path | None
 ):
@@ -103,9 +128,8 @@ def merge_and_load(
     from mergelab.api import load_merged_model, merge_with_report
 
     experts = [models.experts[c] for c in spec.categories]
+    data = training_data(spec)
     if out is not None:
-        from transformers import AutoModelForCausalLM
-
         _, report = merge_with_report(
             models.base,
             experts,
@@ -114,11 +138,20 @@ def merge_and_load(
             device=str(device),
             overwrite=True,
             progress=False,
+            data=data,
+            statistics_progress=spec.config.progress,
             **hparams,
         )
-        return AutoModelForCausalLM.from_pretrained(out).to(device).eval(), report
+        return load_model(out, device), report
     state_dict, report = merge_with_report(
-        models.base, experts, spec.method, device=str(device), progress=False, **hparams
+        models.base,
+        experts,
+        spec.method,
+        device=str(device),
+        progress=False,
+        data=data,
+        statistics_progress=spec.config.progress,
+        **hparams,
     )
     state_dict = {name: tensor.cpu() for name, tensor in state_dict.items()}
     return load_merged_model(models.base, state_dict).to(device), report
@@ -155,6 +188,43 @@ def select_on_validation(spec, models, tasks, tokenizer, cache, device) -> dict[
         if score > best_score:
             best, best_score = point, score
     return best
+
+
+def selection_run(spec: RunSpec) -> RunSpec:
+    """The run whose experts the validation search merges: `spec` itself, or, with `select_subset_seed`,
+    the same run with the expert subset drawn by that seed (so every subset seed shares one search)."""
+    seed = spec.config.select_subset_seed
+    if seed is None or seed == spec.config.experts.subset_seed:
+        return spec
+    config = dataclasses.replace(
+        spec.config, experts=dataclasses.replace(spec.config.experts, subset_seed=seed)
+    )
+    categories = choose_categories(config)
+    return RunSpec(config, spec.method, spec.hparams, categories, config_hash(config, categories))
+
+
+def chosen_hyperparameters(spec: RunSpec, tokenizer, cache: ReferenceCache, device) -> dict[str, Any]:
+    """The validation search's choice; with `select_subset_seed` it is cached in
+    `<results_dir>/<study>/selections/<hash of the searched run>.json` and reused by the other subsets."""
+    search = selection_run(spec)
+    if spec.config.select_subset_seed is None:
+        return select_on_validation(
+            search, locate_models(search), task_plan(search), tokenizer, cache, device
+        )
+    path = Path(spec.config.results_dir) / spec.config.study / "selections" / f"{search.config_hash}.json"
+    if path.is_file() and not spec.config.force:
+        return json.loads(path.read_text())["hyperparameters"]
+    chosen = select_on_validation(search, locate_models(search), task_plan(search), tokenizer, cache, device)
+    record = {
+        "hyperparameters": chosen,
+        "experts": search.categories,
+        "subset_seed": search.config.experts.subset_seed,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(json.dumps(record, sort_keys=True))
+    os.replace(temporary, path)
+    return chosen
 
 
 def peak_memory_bytes(device: torch.device, merge_peak: int) -> int:
@@ -208,7 +278,7 @@ def execute(spec: RunSpec) -> pd.DataFrame:
     )
     hparams = dict(spec.hparams)
     if config.select == "validation":
-        hparams = select_on_validation(spec, models, tasks, tokenizer, cache, device)
+        hparams = chosen_hyperparameters(spec, tokenizer, cache, device)
     out = (
         Path(config.results_dir) / config.study / "merged" / spec.config_hash if config.save_merged else None
     )

@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mergelab import zoo
 from mergelab.config import EvalConfig
 
 METRIC_OF_KIND = {"classification": "accuracy", "generation": "exact_match"}
@@ -42,10 +41,18 @@ def load_tokenizer(path: str | Path):
     return tokenizer
 
 
-def load_model(path: str | Path, device: torch.device):
-    from transformers import AutoModelForCausalLM
+def model_class(path: str | Path):
+    """The `transformers` auto class for the checkpoint at `path`: seq2seq for an encoder-decoder (T5,
+    Flan-T5), else causal LM; read from its config, so a hub id and a local directory load alike."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    return AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+    encoder_decoder = getattr(AutoConfig.from_pretrained(path), "is_encoder_decoder", False)
+    return AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM
+
+
+def load_model(path: str | Path, device: torch.device):
+    """The model at `path` on `device`, in eval mode (class chosen by `model_class`)."""
+    return model_class(path).from_pretrained(path).to(device).eval()
 
 
 def score_tasks(
@@ -58,15 +65,16 @@ def score_tasks(
     progress: bool = False,
     desc: str = "eval",
 ) -> dict[str, float]:
-    """Accuracy / exact match of `model` on each task (name -> kind) of the zoo suite."""
+    """Accuracy / exact match of `model` on each task (name -> kind) of the `settings.suite` suite."""
     from mergelab import eval as ml_eval
+    from mergelab import suites
 
     scores = {}
     for name in tqdm(list(tasks), desc=desc, disable=not progress, leave=False):
         scores[name] = ml_eval.evaluate_task(
             model,
             tokenizer,
-            zoo.load_task(name, split),
+            suites.load_task(settings.suite, name, split, settings.data_dir),
             tasks[name],
             batch_size=settings.batch_size,
             length_normalize=settings.length_normalize,
@@ -98,6 +106,11 @@ class ReferenceCache:
 
     def _file(self, model_path: str | Path, split: str, task: str) -> Path:
         options = f"{split}-n{self.settings.max_examples}-ln{int(self.settings.length_normalize)}"
+        if self.settings.suite != "zoo":  # the zoo's cache names predate other suites
+            from mergelab.suites import t0
+
+            source = hashlib.sha256(str(t0.data_dir(self.settings.data_dir)).encode()).hexdigest()[:8]
+            options += f"-{self.settings.suite}{t0.SUITE_VERSION}-{source}"
         return self.root / model_fingerprint(model_path) / options / f"{task}.json"
 
     def scores(self, model_path: str | Path, tasks: Mapping[str, str], split: str) -> dict[str, float]:

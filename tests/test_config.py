@@ -92,7 +92,13 @@ def test_merging_every_expert_is_one_run_whatever_the_seed(micro_zoo):
     }
     assert len(hashes) == 1
     runs = plan(
-        ["experiment=size_ladder", "model=micro", "merge=ties", "experts.base_kind=base"], multirun=True
+        [
+            "experiment=merging_at_scale",
+            "model=micro",
+            "+experiment/merging_at_scale_method=ties",
+            "experts.base_kind=base",
+        ],
+        multirun=True,
     )
     assert len(runs) == 4 * 3 and len({validate(config).config_hash for _, config in runs}) == 3 * 3 + 1
 
@@ -128,7 +134,7 @@ def test_expert_subsets_are_seeded_and_in_suite_order(micro_zoo):
         (["+merge.sine=sum"], "merge: unknown hyperparameter(s) ['sine'] for method 'ties'"),
         (["select=validation", "eval=held_out"], "select: 'validation' needs eval.held_in=true"),
         (["device=gpu"], "device: 'gpu' is not allowed; allowed: auto, cpu, cuda"),
-        (["model=t5-base"], "model.arch: 'seq2seq_lm' cannot be evaluated"),
+        (["model=t5-base"], "model.arch: 'seq2seq_lm' is evaluated only on the T0 suite (eval=t0)"),
         (["model=pythia-410m", "model.path=null"], "model.path: required for the hub preset 'pythia-410m'"),
     ],
 )

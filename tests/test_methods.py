@@ -195,7 +195,7 @@ def test_dare_ties_combine_elects_sign_on_sparse_vectors():
 @pytest.mark.parametrize(
     ("name", "hparams", "message"),
     [
-        ("tie", {}, "unknown merge method 'tie'; valid: ['average', 'dare', 'task_arithmetic', 'ties']"),
+        ("tie", {}, f"unknown merge method 'tie'; valid: {sorted(METHODS)}"),
         ("ties", {"densty": 0.2}, "unknown hyperparameter(s) ['densty'] for method 'ties'; valid:"),
         ("ties", {"density": 0.0}, "density=0.0 must be in (0, 1]"),
         ("dare", {"density": 1.5}, "density=1.5 must be in (0, 1]"),

@@ -2,9 +2,11 @@
 
 Prompts are tokenized with the tokenizer's special tokens, sorted by length, and batched with LEFT padding
 (so every row's next token is predicted at the last position); `model.generate` derives the position ids
-from the attention mask, so a padded row continues exactly as it would alone. Decoding is greedy (no
-sampling, one beam) with the KV cache, and stops at eos or after `max_new_tokens`. The continuation is
-decoded without special tokens and stripped of surrounding whitespace.
+from the attention mask, so a padded row continues exactly as it would alone. An encoder-decoder
+(`model.config.is_encoder_decoder`, e.g. T5) gets its prompts as RIGHT-padded encoder inputs instead, and
+its output is the decoder sequence after the decoder start token. Decoding is greedy (no sampling, one
+beam) with the KV cache, and stops at eos or after `max_new_tokens`. The continuation is decoded without
+special tokens and stripped of surrounding whitespace.
 
 Exact match compares answers after light normalization: surrounding whitespace removed and inner runs of
 whitespace collapsed to one space; case and punctuation count.
@@ -17,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from mergelab.eval.inputs import check_prompts, check_texts, encode, padding_id, resolve_device
+from mergelab.eval.inputs import check_prompts, check_texts, encode, padding_id, resolve_device, right_padded
 
 
 def _left_padded(encoded: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,17 +69,19 @@ def greedy_generate(
         eos_token_id=eos_id,
         bos_token_id=tokenizer.bos_token_id,
     )
+    encoder_decoder = getattr(getattr(model, "config", None), "is_encoder_decoder", False)
+    pad_rows = right_padded if encoder_decoder else _left_padded
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
     outputs = [""] * len(prompts)
     for start in tqdm(
         range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch", leave=False
     ):
         indices = order[start : start + batch_size]
-        input_ids, attention_mask = _left_padded([encoded[i] for i in indices], pad_id)
+        input_ids, attention_mask = pad_rows([encoded[i] for i in indices], pad_id)
         generated = model.generate(
             input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config
         )
-        new_tokens = generated[:, input_ids.shape[1] :].cpu().tolist()
+        new_tokens = generated[:, 1 if encoder_decoder else input_ids.shape[1] :].cpu().tolist()
         for index, ids in zip(indices, new_tokens):
             text = tokenizer.decode(_until_eos(ids, eos_id), skip_special_tokens=True)
             outputs[index] = text.strip()

@@ -48,3 +48,14 @@ def check_texts(name: str, texts: Sequence[object]) -> None:
     for index, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"{name}[{index}] must be a string, got {type(text).__name__}")
+
+
+def right_padded(rows: Sequence[Sequence[int]], fill: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of ids right-padded with `fill` into one tensor, and the mask marking the real positions."""
+    length = max(len(ids) for ids in rows)
+    padded = torch.full((len(rows), length), fill, dtype=torch.long)
+    mask = torch.zeros_like(padded)
+    for row, ids in enumerate(rows):
+        padded[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        mask[row, : len(ids)] = 1
+    return padded, mask

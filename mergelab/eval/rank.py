@@ -23,8 +23,15 @@ from tqdm.auto import tqdm
 from mergelab.eval.inputs import check_prompts, check_texts, encode, padding_id, resolve_device
 
 
-def _rows(tokenizer, prompts: Sequence[str], choices: Sequence[Sequence[str]]):
-    """(example, choice index, prompt ids, choice ids) for every choice of every example."""
+def choice_rows(
+    tokenizer,
+    prompts: Sequence[str],
+    choices: Sequence[Sequence[str]],
+    *,
+    choice_special_tokens: bool = False,
+):
+    """(example, choice index, prompt ids, choice ids) for every choice of every example; the choices get
+    the tokenizer's special tokens only with `choice_special_tokens` (the seq2seq scorer's decoder labels)."""
     check_texts("prompts", prompts)
     if len(prompts) != len(choices):
         raise ValueError(
@@ -37,7 +44,8 @@ def _rows(tokenizer, prompts: Sequence[str], choices: Sequence[Sequence[str]]):
     prompt_ids = encode(tokenizer, prompts, add_special_tokens=True)
     check_prompts(prompts, prompt_ids)
     unique_choices = sorted({option for options in choices for option in options})
-    choice_ids = dict(zip(unique_choices, encode(tokenizer, unique_choices, add_special_tokens=False)))
+    encoded = encode(tokenizer, unique_choices, add_special_tokens=choice_special_tokens)
+    choice_ids = dict(zip(unique_choices, encoded))
     rows = []
     for example, options in enumerate(choices):
         for index, option in enumerate(options):
@@ -89,11 +97,26 @@ def choice_scores(
     """Score of every choice of every example: summed (or, length-normalized, mean) token log-probability.
 
     `model(input_ids=..., attention_mask=...).logits` is all that is used, so any causal LM with the
-    Hugging Face interface works. `batch_size` counts (example, choice) rows per forward pass.
+    Hugging Face interface works; an encoder-decoder (`model.config.is_encoder_decoder`) is scored by
+    `seq2seq_choice_scores` instead. `batch_size` counts (example, choice) rows per forward pass.
     """
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        from mergelab.eval.seq2seq_rank import seq2seq_choice_scores
+
+        return seq2seq_choice_scores(
+            model,
+            tokenizer,
+            prompts,
+            choices,
+            batch_size=batch_size,
+            length_normalize=length_normalize,
+            device=device,
+            progress=progress,
+            desc=desc,
+        )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    rows = _rows(tokenizer, prompts, choices)
+    rows = choice_rows(tokenizer, prompts, choices)
     device = resolve_device(model, device)
     pad_id = padding_id(tokenizer)
     order = sorted(range(len(rows)), key=lambda r: len(rows[r][2]) + len(rows[r][3]), reverse=True)

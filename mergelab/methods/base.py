@@ -39,11 +39,16 @@ class TensorContext:
 
     `trim` (one rule per expert) and `majority_sign` are set by the engine only for methods whose
     `needs_global_trim` is true; otherwise the method derives both from the tensor itself.
+    `statistics` (one per expert, float32 on the compute device, None where the expert's statistic does not
+    cover this tensor) and `statistic_norms` (the L2 norm of each expert's whole statistic) are set only for
+    methods that declare a `statistic`.
     """
 
     name: str
     trim: tuple[TrimRule, ...] | None = None
     majority_sign: float | None = None
+    statistics: tuple[Tensor | None, ...] | None = None
+    statistic_norms: tuple[float, ...] | None = None
 
 
 class MergeMethod(ABC):
@@ -56,6 +61,8 @@ class MergeMethod(ABC):
     name: ClassVar[str]
     Params: ClassVar[type]
     uses_base: ClassVar[bool] = True
+    # The per-expert statistic a data-aware method merges with ("fisher", "gram"; see mergelab.stats), or None.
+    statistic: ClassVar[str | None] = None
 
     def __init__(self, **hparams: Any) -> None:
         valid = [field.name for field in dataclasses.fields(self.Params)]
@@ -74,6 +81,11 @@ class MergeMethod(ABC):
     def needs_global_trim(self) -> bool:
         """True when the engine must compute model-wide trim rules and majority sign first."""
         return False
+
+    def statistic_request(self) -> Mapping[str, Any]:
+        """For a method with a `statistic`: `n_examples`, `seed` and the `settings` that change the statistic's
+        numbers (they key its cache entry); see `mergelab.stats.StatisticRequest`."""
+        return {}
 
     @property
     def density(self) -> float:

@@ -7,11 +7,14 @@ from typing import Any
 from mergelab.methods.average import Average
 from mergelab.methods.base import MergeConfigError, MergeMethod
 from mergelab.methods.dare import Dare
+from mergelab.methods.fisher import Fisher
+from mergelab.methods.pleas import Pleas
+from mergelab.methods.regmean import RegMean
 from mergelab.methods.task_arithmetic import TaskArithmetic
 from mergelab.methods.ties import Ties
 
 METHODS: dict[str, type[MergeMethod]] = {
-    method.name: method for method in (Average, TaskArithmetic, Ties, Dare)
+    method.name: method for method in (Average, TaskArithmetic, Ties, Dare, Fisher, RegMean, Pleas)
 }
 
 

@@ -5,6 +5,13 @@ tensor); each entry's sign is elected from the trimmed values (sign of their sum
 signs); entries whose vote is zero take the majority sign over the trimming scope, as the authors' code
 does; the kept entries that agree with the elected sign are averaged (`agg: mean`, the paper) or summed;
 expert weights scale the task vectors after election; the result is `theta_base + scale * merged`.
+
+Two options exist for the paper's ablation (its Table 6, one step removed at a time): `elect: false` skips
+sign election, so every kept entry of either sign enters the disjoint mean ("w/o elect": the authors' code
+with sign resolution `none`, which averages the nonzero entries); `agg: mean_all` divides the sum of the
+agreeing entries by the number (total weight) of experts instead of by the agreeing ones, so trimmed and
+disagreeing entries count as zeros ("w/o disjoint mean": the mean of the values with the elected sign and
+0 for the trimmed ones). "w/o trim" is `density: 1.0`; "w/o scale" is `scale: 1` without a scale search.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from mergelab.methods.trim import keep_mask, tensor_trim_rule
 
 TRIM_SCOPES = ("global", "tensor")
 SIGN_RULES = ("sum", "count")
-AGGREGATIONS = ("mean", "sum")
+AGGREGATIONS = ("mean", "sum", "mean_all")
 
 
 def check_choice(method: str, option: str, value: str, allowed: Sequence[str]) -> None:
@@ -51,15 +58,22 @@ def elect_sign(votes: Tensor, majority_sign: float | None) -> Tensor:
     return elected
 
 
-def disjoint_merge(task_vectors: Tensor, elected: Tensor, weights: Sequence[float], agg: str) -> Tensor:
-    """Weighted sum (`sum`) or weighted mean (`mean`) of the nonzero entries that agree with `elected`.
+def disjoint_merge(
+    task_vectors: Tensor, elected: Tensor | None, weights: Sequence[float], agg: str
+) -> Tensor:
+    """Aggregate the nonzero entries that agree with `elected` (all nonzero entries when it is None).
 
-    Overwrites `task_vectors` (callers pass stacks they own) so no second experts-sized buffer is needed.
+    `sum`: their weighted sum; `mean`: their weighted mean (divided by the agreeing experts' weights);
+    `mean_all`: their weighted sum divided by the total weight of all experts. Overwrites `task_vectors`
+    (callers pass stacks they own) so no second experts-sized buffer is needed.
     """
-    agrees = torch.where(elected > 0, task_vectors > 0, task_vectors < 0)
-    task_vectors.mul_(agrees)
+    if elected is None:
+        agrees = task_vectors != 0
+    else:
+        agrees = torch.where(elected > 0, task_vectors > 0, task_vectors < 0)
+        task_vectors.mul_(agrees)
     if any(weight != 1.0 for weight in weights):
-        shape = (-1, *([1] * elected.dim()))
+        shape = (-1, *([1] * (task_vectors.dim() - 1)))
         task_vectors.mul_(
             torch.tensor(weights, dtype=task_vectors.dtype, device=task_vectors.device).view(shape)
         )
@@ -69,6 +83,8 @@ def disjoint_merge(task_vectors: Tensor, elected: Tensor, weights: Sequence[floa
         for agree, weight in zip(agrees, weights):
             total_weight.add_(agree, alpha=weight)
         merged /= total_weight.clamp(min=torch.finfo(merged.dtype).tiny)
+    elif agg == "mean_all":
+        merged /= sum(weights)
     return merged
 
 
@@ -78,12 +94,14 @@ class TiesParams:
     scale: float = 1.0
     trim_scope: str = "global"
     sign: str = "sum"
+    elect: bool = True
     agg: str = "mean"
     weights: tuple[float, ...] | None = None
 
 
 class Ties(MergeMethod):
-    """TIES-Merging; defaults follow the paper (density 0.2, scale 1, global trimming, sum sign, mean)."""
+    """TIES-Merging; defaults follow the paper (density 0.2, scale 1, global trimming, sum sign, elected
+    sign, disjoint mean)."""
 
     name = "ties"
     Params = TiesParams
@@ -93,6 +111,11 @@ class Ties(MergeMethod):
         check_choice(self.name, "trim_scope", self.params.trim_scope, TRIM_SCOPES)
         check_choice(self.name, "sign", self.params.sign, SIGN_RULES)
         check_choice(self.name, "agg", self.params.agg, AGGREGATIONS)
+        if not isinstance(self.params.elect, bool):
+            raise MergeConfigError(f"method '{self.name}': elect={self.params.elect!r} must be true or false")
+        weights = self.params.weights
+        if self.params.agg == "mean_all" and weights is not None and sum(weights) == 0:
+            raise MergeConfigError(f"method '{self.name}': agg='mean_all' needs weights with a nonzero sum")
 
     @property
     def needs_global_trim(self) -> bool:
@@ -125,6 +148,10 @@ class Ties(MergeMethod):
 
     def merge(self, base: Tensor, experts: Sequence[Tensor], context: TensorContext) -> Tensor:
         task_vectors = self.trimmed_task_vectors(base, experts, context)
-        elected = elect_sign(sign_votes(task_vectors, self.params.sign), context.majority_sign)
+        elected = (
+            elect_sign(sign_votes(task_vectors, self.params.sign), context.majority_sign)
+            if self.params.elect
+            else None
+        )
         merged = disjoint_merge(task_vectors, elected, self.expert_weights(len(experts)), self.params.agg)
         return base + self.params.scale * merged

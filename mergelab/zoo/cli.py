@@ -6,15 +6,16 @@ import json
 import sys
 
 from mergelab.zoo.cache import ZooError, read_manifest, zoo_home
-from mergelab.zoo.ladder import LADDER, SIZES, build, model_path
+from mergelab.zoo.ladder import INITS, LADDER, SIZES, build, model_path
 from mergelab.zoo.suite import load_suite
 
-USAGE = """usage: mergelab zoo build size=NAME|all [device=auto|cpu|cuda]
+USAGE = """usage: mergelab zoo build size=NAME|all [device=auto|cpu|cuda] [init=0|1]
        mergelab zoo list
 
 Builds (once, seeded, resumable) the offline model zoo under $MERGELAB_HOME/zoo (default ~/.cache/mergelab):
 for each size a base, an instruction-tuned base, an expert per held-in category from each, and a multitask
-baseline from each. Sizes: """ + ", ".join(SIZES)
+baseline from each. init=1 builds instead a second, independently initialized base of the size and an
+expert per held-in category from it (for merging experts without a shared base). Sizes: """ + ", ".join(SIZES)
 
 
 def parse_options(args: list[str], allowed: set[str]) -> dict[str, str]:
@@ -25,6 +26,13 @@ def parse_options(args: list[str], allowed: set[str]) -> dict[str, str]:
             raise ZooError(f"unknown option '{arg}'; valid: {sorted(allowed)}")
         options[key] = value
     return options
+
+
+def parse_init(text: str) -> int:
+    """The `init=` option as an int, or a ZooError naming the valid values."""
+    if text not in {str(init) for init in INITS}:
+        raise ZooError(f"unknown option value 'init={text}'; valid: {', '.join(map(str, INITS))}")
+    return int(text)
 
 
 def list_zoo() -> None:
@@ -74,11 +82,12 @@ def main(argv: list[str]) -> int:
             return 0
         if argv[0] != "build":
             raise ZooError(f"unknown zoo command '{argv[0]}'; valid: build, list")
-        options = parse_options(argv[1:], {"size", "device"})
+        options = parse_options(argv[1:], {"size", "device", "init"})
         size = options.get("size", LADDER[0])
         sizes = LADDER if size == "all" else [size]
+        init = parse_init(options.get("init", "0"))
         for name in sizes:
-            build(name, device=options.get("device", "auto"))
+            build(name, device=options.get("device", "auto"), init=init)
         return 0
     except ZooError as error:
         print(f"mergelab zoo: error: {error}", file=sys.stderr)

@@ -1,6 +1,10 @@
 """The model ladder: for each size a base, an instruction-tuned base ("it"), an expert per held-in category
 from each, and a multitask baseline from each, trained once, seeded, and cached as Hugging Face model dirs.
 
+A size can also have a second, independently initialized base (`init=1`: another seed for the weights and
+the pretraining data order) with its own experts, for merging experts that do not share a base (PLeaS).
+Its components live under `<size>/init1/`; the default `init=0` paths and manifests are unchanged.
+
 A component is rebuilt when its directory is missing or its manifest's weight digest does not match, so an
 interrupted or corrupted build resumes where it stopped.
 """
@@ -31,6 +35,8 @@ from mergelab.zoo.train import answer_batches, packed_batches, stream_loss, trai
 
 BASE_KINDS = ("base", "it")
 ROLES = ("base", "expert", "multitask")
+INITS = (0, 1)  # init 1: a second pretrain from another seed, with only its base and experts
+INIT_SEED_STEP = 1000  # the pretrain seed of init i is spec.seed + INIT_SEED_STEP * i
 
 
 @dataclass(frozen=True)
@@ -123,18 +129,30 @@ def resolve_device(device: str) -> torch.device:
     )
 
 
-def model_path(size: str, base_kind: str, role: str, category: str | None = None) -> Path:
-    """Directory of one zoo component (see the module docstring for the roles)."""
+def model_path(size: str, base_kind: str, role: str, category: str | None = None, init: int = 0) -> Path:
+    """Directory of one zoo component (see the module docstring for the roles and inits)."""
     if size not in SIZES:
         raise ZooError(f"unknown zoo size '{size}'; valid: {list(SIZES)}")
     if base_kind not in BASE_KINDS or role not in ROLES:
         raise ZooError(f"base_kind must be one of {BASE_KINDS} and role one of {ROLES}")
-    root = zoo_home() / size / base_kind
+    check_init(init, base_kind, role)
+    root = zoo_home() / size / (f"init{init}" if init else "") / base_kind
     if role == "expert":
         if category is None:
             raise ZooError("an expert needs its category")
         return root / "experts" / category
     return root / role
+
+
+def check_init(init: int, base_kind: str = "base", role: str = "base") -> None:
+    """A second init has only a pretrained base and its experts; anything else is an error naming it."""
+    if init not in INITS:
+        raise ZooError(f"unknown zoo init {init!r}; valid: {list(INITS)}")
+    if init and (base_kind != "base" or role == "multitask"):
+        raise ZooError(
+            f"zoo init {init} has only base_kind 'base' with roles 'base' and 'expert' "
+            f"(asked for {base_kind}/{role})"
+        )
 
 
 def tokenizer_path() -> Path:
@@ -210,28 +228,32 @@ def _build_environment(spec: SizeSpec, compute: torch.device) -> Iterator[None]:
         datasets.enable_progress_bars()
 
 
-def build(size: str, device: str = "auto", progress: bool = True) -> list[dict]:
-    """Build every missing component of `size`; returns the manifests of all its components."""
+def build(size: str, device: str = "auto", progress: bool = True, init: int = 0) -> list[dict]:
+    """Build every missing component of `size` (of its second base with `init=1`); returns their manifests."""
     spec = SIZES.get(size)
     if spec is None:
         raise ZooError(f"unknown zoo size '{size}'; valid: {list(SIZES)}")
+    check_init(init)
     compute = resolve_device(device)
     with _build_environment(spec, compute):
-        report = _build_components(size, spec, compute, progress)
+        report = _build_components(size, spec, compute, progress, init)
     total = sum(entry["seconds"] for entry in report)
     if progress:
         print(
-            f"zoo size {size}: {len(report)} components ready ({total:.0f} s of training on {compute}) "
-            f"in {zoo_home() / size}"
+            f"zoo size {size}{f' init {init}' if init else ''}: {len(report)} components ready "
+            f"({total:.0f} s of training on {compute}) in {zoo_home() / size / (f'init{init}' if init else '')}"
         )
     return report
 
 
-def _build_components(size: str, spec: SizeSpec, compute: torch.device, progress: bool) -> list[dict]:
+def _build_components(
+    size: str, spec: SizeSpec, compute: torch.device, progress: bool, init: int = 0
+) -> list[dict]:
     tokenizer = build_tokenizer()
     suite = load_suite()
     report: list[dict] = []
-    common = {"size": size, "device": str(compute), "spec": asdict(spec)}
+    common = {"size": size, "device": str(compute), "spec": asdict(spec)} | ({"init": init} if init else {})
+    pretrain_seed = spec.seed + INIT_SEED_STEP * init
     encoded: dict[str, list[tuple[list[int], list[int]]]] = {}
 
     def examples_of(tasks: list[str]) -> list[tuple[list[int], list[int]]]:
@@ -254,7 +276,7 @@ def _build_components(size: str, spec: SizeSpec, compute: torch.device, progress
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
-        torch.manual_seed(spec.seed)
+        torch.manual_seed(pretrain_seed)
         model = LlamaForCausalLM(config)
         stream = torch.tensor(tokenizer(" ".join(corpus_lines("train")), add_special_tokens=False).input_ids)
         loss = train_loop(
@@ -262,9 +284,9 @@ def _build_components(size: str, spec: SizeSpec, compute: torch.device, progress
             packed_batches(stream, spec.batch_size, spec.seq_len),
             steps=spec.pretrain_steps,
             learning_rate=spec.pretrain_lr,
-            seed=spec.seed,
+            seed=pretrain_seed,
             device=compute,
-            desc=f"{size} pretrain",
+            desc=f"{size} pretrain" + (f" init {init}" if init else ""),
             progress=progress,
         )
         validation = torch.tensor(
@@ -291,8 +313,23 @@ def _build_components(size: str, spec: SizeSpec, compute: torch.device, progress
 
         return run
 
-    base_dir = model_path(size, "base", "base")
-    _component(base_dir, "base", pretrain, report)
+    base_dir = model_path(size, "base", "base", init=init)
+    _component(base_dir, f"init{init}/base" if init else "base", pretrain, report)
+    if init:
+        for index, category in enumerate(suite.held_in_categories):  # the init-0 experts' seeds and data
+            _component(
+                model_path(size, "base", "expert", category, init=init),
+                f"init{init}/base/expert/{category}",
+                finetune(
+                    base_dir,
+                    suite.tasks_in(category),
+                    spec.expert_steps,
+                    100 + index,
+                    f"{size} init {init} expert {category}",
+                ),
+                report,
+            )
+        return report
     _component(
         model_path(size, "it", "base"),
         "it",
@@ -329,4 +366,4 @@ def _build_components(size: str, spec: SizeSpec, compute: torch.device, progress
     return report
 
 
-__all__ = ["BASE_KINDS", "LADDER", "SIZES", "SizeSpec", "TaskSuite", "build", "model_path"]
+__all__ = ["BASE_KINDS", "INITS", "LADDER", "SIZES", "SizeSpec", "TaskSuite", "build", "model_path"]
