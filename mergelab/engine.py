@@ -12,7 +12,7 @@ import dataclasses
 import resource
 import time
 from collections import deque
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,8 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 
+from mergelab import blockwise
+from mergelab.blockwise import TensorBlocks, merge_blockwise, upcast
 from mergelab.checkpoint import Checkpoint, CheckpointError, TensorInfo, check_compatible, is_float
 from mergelab.global_trim import global_trim_contexts
 from mergelab.methods import MergeMethod, TensorContext
@@ -76,8 +78,8 @@ def peak_rss_bytes() -> int:
 class TensorStream:
     """Reads (base, experts) name by name, one name ahead of the consumer, on a background thread.
 
-    Float tensors are upcast to float32 on the compute device by the reader thread too, so the stored-dtype
-    copies die there and the consumer only ever holds the float32 values it merges.
+    Tensors are read as stored (bf16 checkpoints stay bf16), so the tensors read ahead cost half their
+    float32 size; the consumer upcasts, whole or slice by slice (`mergelab.blockwise`).
     """
 
     def __init__(self, base: Checkpoint, experts: Sequence[Checkpoint], device: torch.device) -> None:
@@ -85,34 +87,28 @@ class TensorStream:
         self.experts = experts
         self.device = device
 
-    def _read(self, name: str, upcast: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        base = self.base.get(name)
-        experts = [expert.get(name) for expert in self.experts]
-        if not upcast:
-            return base, experts
-        return self.upcast(base), [self.upcast(expert) for expert in experts]
+    def _read(self, name: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return self.base.get(name), [expert.get(name) for expert in self.experts]
 
-    def read(
-        self, names: Sequence[str], float_names: Collection[str]
-    ) -> Iterator[tuple[str, torch.Tensor, list[torch.Tensor]]]:
-        """(name, base, experts) in `names` order: float32 on the device for `float_names`, else as stored."""
+    def read(self, names: Sequence[str]) -> Iterator[tuple[str, torch.Tensor, list[torch.Tensor]]]:
+        """(name, base, experts) in `names` order, as stored, on the CPU."""
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergelab-read") as pool:
-            ahead: deque[Future] = deque(
-                pool.submit(self._read, name, name in float_names) for name in names[:1]
-            )
+            ahead: deque[Future] = deque(pool.submit(self._read, name) for name in names[:1])
             for index, name in enumerate(names):
                 if index + 1 < len(names):
-                    upcoming = names[index + 1]
-                    ahead.append(pool.submit(self._read, upcoming, upcoming in float_names))
+                    ahead.append(pool.submit(self._read, names[index + 1]))
                 # No local keeps the tensors: once the consumer drops them they are freed.
                 yield (name, *ahead.popleft().result())
 
     def float32(self, names: Sequence[str]) -> Iterator[tuple[str, torch.Tensor, list[torch.Tensor]]]:
-        """(name, base, experts) as float32 tensors on the compute device."""
-        return self.read(names, float_names=set(names))
+        """(name, base, experts) as whole float32 tensors on the compute device."""
+        for name, base, experts in self.read(names):
+            yield name, upcast(base, self.device), [upcast(expert, self.device) for expert in experts]
 
-    def upcast(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.to(device=self.device, dtype=torch.float32)
+    def blocks(self, names: Sequence[str]) -> Iterator[tuple[str, TensorBlocks]]:
+        """(name, its values as float32 slices on the compute device) in `names` order."""
+        for name, base, experts in self.read(names):
+            yield name, TensorBlocks(base, experts, self.device)
 
 
 def check_inputs(
@@ -179,7 +175,7 @@ def merge_checkpoints(
 
 
 def _with_statistics(
-    context: TensorContext, statistics: Sequence[ExpertStatistic] | None, stream: TensorStream
+    context: TensorContext, statistics: Sequence[ExpertStatistic] | None, device: torch.device
 ) -> TensorContext:
     """`context` plus the experts' statistics of its tensor (float32 on the device), read just now."""
     if not statistics:
@@ -187,9 +183,27 @@ def _with_statistics(
     values = [statistic.get(context.name) for statistic in statistics]
     return dataclasses.replace(
         context,
-        statistics=tuple(None if value is None else stream.upcast(value) for value in values),
+        statistics=tuple(None if value is None else upcast(value, device) for value in values),
         statistic_norms=tuple(statistic.norm for statistic in statistics),
     )
+
+
+def merge_tensor(
+    method: MergeMethod,
+    base: torch.Tensor,
+    experts: Sequence[torch.Tensor],
+    context: TensorContext,
+    device: torch.device,
+) -> torch.Tensor:
+    """One float tensor merged in float32 on `device`, returned in the base's dtype on the CPU.
+
+    Tensors larger than a slice are merged slice by slice when the method allows it, so the float32
+    working set stays a few slices in size.
+    """
+    if method.elementwise and base.numel() > blockwise.BLOCK_ENTRIES:
+        return merge_blockwise(method, base, experts, context, device)
+    merged = method.merge(upcast(base, device), [upcast(expert, device) for expert in experts], context)
+    return merged.to(device="cpu", dtype=base.dtype)
 
 
 def _merge_pass(
@@ -209,14 +223,12 @@ def _merge_pass(
         tqdm(total=len(names), desc="merge", disable=not progress) as bar,
     ):
         pending: list[Future] = []
-        for name, base, experts in stream.read(names, float_names=contexts):
+        for name, base, experts in stream.read(names):
             bar.update()
             if name in contexts:
-                context = _with_statistics(contexts[name], statistics, stream)
-                merged = method.merge(base, experts, context)
+                context = _with_statistics(contexts[name], statistics, stream.device)
+                result = merge_tensor(method, base, experts, context, stream.device)
                 del context
-                result = merged.to(device="cpu", dtype=infos[name].dtype)
-                del merged
             else:
                 result = base  # non-float tensors and buffers are copied from the base
             del base, experts

@@ -2,7 +2,7 @@
 
 Two passes find each expert's exact magnitude cut with `MagnitudeSelector`; a third hands out the cut's ties
 in canonical order and sums the elected signs, whose sign is the majority that zero votes take. No pass
-holds more than one tensor of each checkpoint.
+holds more than one tensor of each checkpoint (as stored) plus float32 slices of it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
-from mergelab.methods import MergeMethod, TensorContext
+from mergelab.blockwise import elected_sign_total
+from mergelab.methods import MergeMethod, TensorContext, TrimRule
 from mergelab.methods.trim import MagnitudeSelector, keep_count
 
 if TYPE_CHECKING:
@@ -28,26 +29,36 @@ def global_trim_contexts(
     selectors = [MagnitudeSelector(keep_count(n_entries, method.density)) for _ in stream.experts]
     for pass_name in ("trim: coarse histogram", "trim: fine histogram"):
         with tqdm(total=len(names), desc=pass_name, disable=not progress) as bar:
-            for _, base, experts in stream.float32(names):
-                for selector, expert in zip(selectors, experts):
-                    selector.observe((expert - base).abs_())
-                del base, experts
+            for _, blocks in stream.blocks(names):
+                for magnitudes in blocks.magnitudes():
+                    for selector, magnitude in zip(selectors, magnitudes):
+                        selector.observe(magnitude)
+                del blocks
                 bar.update()
         for selector in selectors:
             selector.next_pass()
     contexts: dict[str, TensorContext] = {}
     sign_total = 0.0
     with tqdm(total=len(names), desc="trim: sign", disable=not progress) as bar:
-        for name, base, experts in stream.float32(names):
-            rules = tuple(
-                selector.rule_for((expert - base).abs_()) for selector, expert in zip(selectors, experts)
-            )
-            contexts[name] = TensorContext(name=name, trim=rules)
-            sign_total += method.elected_sign_total(base, experts, contexts[name])
-            del base, experts
+        for name, blocks in stream.blocks(names):
+            slice_rules = [
+                tuple(selector.rule_for(magnitude) for selector, magnitude in zip(selectors, magnitudes))
+                for magnitudes in blocks.magnitudes()
+            ]
+            contexts[name] = TensorContext(name=name, trim=_tensor_rules(slice_rules))
+            sign_total += elected_sign_total(method, blocks, slice_rules, name)
+            del blocks
             bar.update()
     majority_sign = -1.0 if sign_total < 0 else 1.0
     return {
         name: TensorContext(name=name, trim=context.trim, majority_sign=majority_sign)
         for name, context in contexts.items()
     }
+
+
+def _tensor_rules(slice_rules: list[tuple[TrimRule, ...]]) -> tuple[TrimRule, ...]:
+    """Each expert's rule for the whole tensor: the cut, and the ties its slices were handed."""
+    return tuple(
+        TrimRule(threshold=rules[0].threshold, ties_to_keep=sum(rule.ties_to_keep for rule in rules))
+        for rules in zip(*slice_rules)
+    )

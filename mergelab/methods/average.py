@@ -20,6 +20,7 @@ class Average(MergeMethod):
 
     name = "average"
     Params = AverageParams
+    elementwise = True
     uses_base = False
 
     def validate(self) -> None:

@@ -63,6 +63,11 @@ class MergeMethod(ABC):
     uses_base: ClassVar[bool] = True
     # The per-expert statistic a data-aware method merges with ("fisher", "gram"; see mergelab.stats), or None.
     statistic: ClassVar[str | None] = None
+    # The merged value of an entry depends only on that entry's values (given the trim context), so the
+    # engine may merge a large tensor slice by slice (`mergelab.blockwise`).
+    elementwise: ClassVar[bool] = False
+    # The method trims task vectors by magnitude with `TrimRule`s (tensor scope or model-wide).
+    trims: ClassVar[bool] = False
 
     def __init__(self, **hparams: Any) -> None:
         valid = [field.name for field in dataclasses.fields(self.Params)]

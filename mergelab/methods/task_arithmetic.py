@@ -25,6 +25,7 @@ class TaskArithmetic(MergeMethod):
 
     name = "task_arithmetic"
     Params = TaskArithmeticParams
+    elementwise = True
 
     def merge(self, base: Tensor, experts: Sequence[Tensor], context: TensorContext) -> Tensor:
         weights = self.expert_weights(len(experts))

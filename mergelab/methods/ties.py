@@ -105,6 +105,8 @@ class Ties(MergeMethod):
 
     name = "ties"
     Params = TiesParams
+    elementwise = True
+    trims = True
 
     def validate(self) -> None:
         check_density(self.name, self.params.density)

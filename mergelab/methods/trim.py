@@ -48,6 +48,13 @@ def tensor_trim_rule(magnitude: Tensor, density: float) -> TrimRule:
     return selector.rule_for(magnitude)
 
 
+def ties_taken(magnitude: Tensor, threshold: float, ties_left: int) -> int:
+    """How many of this tensor's entries equal to the cut are kept, when `ties_left` remain to hand out."""
+    if ties_left <= 0:
+        return 0
+    return min(int((magnitude == threshold).sum().item()), ties_left)
+
+
 def keep_mask(magnitude: Tensor, rule: TrimRule) -> Tensor:
     """Boolean mask of the entries `rule` keeps: above the threshold, plus the first ties at it."""
     mask = magnitude > rule.threshold
@@ -111,7 +118,6 @@ class MagnitudeSelector:
         threshold, above = self.result()
         if self._ties_left is None:
             self._ties_left = self.keep - above
-        ties = int((magnitude == threshold).sum().item()) if self._ties_left > 0 else 0
-        taken = min(ties, self._ties_left)
+        taken = ties_taken(magnitude, threshold, self._ties_left)
         self._ties_left -= taken
         return TrimRule(threshold=threshold, ties_to_keep=taken)
