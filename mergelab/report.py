@@ -49,23 +49,34 @@ def _aggregate(rows: pd.DataFrame, group: str, column: str) -> float:
     return aggregate(dict(zip(subset["task"], subset[column])), dict(zip(subset["task"], subset["category"])))
 
 
+def run_variant(run: pd.Series) -> str:
+    """What tells apart runs of one configuration: their fixed hyperparameters, or how they were selected."""
+    return run["hyperparameters"] if run["selection"] == "none" else f"select={run['selection']}"
+
+
 def summarize_runs(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per run: its identity and its normalized held-in / held-out scores (both views)."""
     records = []
     for _, run in rows.groupby("config_hash", sort=False):
         first = run.iloc[0]
         record = {key: first[key] for key in RUN_KEYS}
+        record["variant"] = run_variant(first)
         record["held_in"] = _aggregate(run, "held_in", "normalized")
         record["held_out"] = _aggregate(run, "held_out", "normalized")
         record["held_in_multitask"] = _aggregate(run, "held_in", "normalized_multitask")
         record["held_out_multitask"] = _aggregate(run, "held_out", "normalized_multitask")
         records.append(record)
-    return pd.DataFrame(records, columns=RUN_KEYS + SCORES)
+    return pd.DataFrame(records, columns=RUN_KEYS + ["variant"] + SCORES)
 
 
 def study_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Scores per configuration averaged over expert subsets (`subsets` counts them)."""
-    grouped = summary.groupby(CONFIG_KEYS, sort=True)
+    """Scores per configuration averaged over expert subsets (`subsets` counts them).
+
+    When one configuration was run with several hyperparameter settings (ablations, sensitivity sweeps),
+    each setting is its own row, named in the `variant` column.
+    """
+    several = not summary.empty and summary.groupby(CONFIG_KEYS)["variant"].nunique().max() > 1
+    grouped = summary.groupby(CONFIG_KEYS + (["variant"] if several else []), sort=True)
     table = grouped[SCORES].mean()
     table["subsets"] = grouped.size()
     return table.reset_index()

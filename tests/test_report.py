@@ -101,3 +101,30 @@ def test_report_command_reads_the_study_fragments(tmp_path, capsys):
     assert "| xs | 1000 | base | average | 2 |" in (out_dir / "summary.md").read_text()
     assert report.main(["experiment=default_study", f"results_dir={tmp_path}"]) == 1
     assert "no results for study 'default_study'" in capsys.readouterr().err
+
+
+def test_settings_of_one_configuration_get_their_own_rows_and_selected_runs_pool():
+    frames = []
+    for seed, density in ((0, 0.2), (1, 0.2), (0, 1.0)):
+        frames.append(
+            make_rows(
+                f"fixed{seed}{density}", TASKS, subset_seed=seed, hyperparameters=f'{{"density": {density}}}'
+            )
+        )
+    for seed, scale in ((0, 0.8), (1, 1.5)):  # selection picked different values: still one configuration
+        frames.append(
+            make_rows(
+                f"selected{seed}",
+                TASKS,
+                method="average",
+                subset_seed=seed,
+                selection="validation",
+                hyperparameters=f'{{"scale": {scale}}}',
+            )
+        )
+    table = report.study_table(report.summarize_runs(pd.concat(frames, ignore_index=True)))
+    assert list(zip(table["method"], table["variant"], table["subsets"])) == [
+        ("average", "select=validation", 2),
+        ("ties", '{"density": 0.2}', 2),
+        ("ties", '{"density": 1.0}', 1),
+    ]

@@ -1,0 +1,15 @@
+"""`mergelab report` extension of the study ties_methods (experiments/ties): runs, methods figure and the
+sign-conflict analysis of the zoo experts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from mergelab.studies.ties import write_ties_report
+
+
+def extend_report(rows: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """The TIES analyses of this study (see `mergelab.studies.ties`)."""
+    return write_ties_report(rows, summary, out_dir, sign_conflicts=True)

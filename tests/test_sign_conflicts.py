@@ -1,0 +1,87 @@
+"""Sign-conflict fractions on hand-built task vectors, checked against counts done by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mergelab.studies.sign_conflicts import (
+    conflict_fraction,
+    draw_sign_conflicts,
+    overlap_fraction,
+    sign_conflicts,
+    sign_pattern_histogram,
+)
+
+
+def t(*values: float) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32)
+
+
+# Base zero; two tensors, 6 parameters in all. Task vectors (tensor "a" then "b"):
+#   expert 0: ( 1,  2, -3,  0 | 0.1,  5)
+#   expert 1: (-1,  2,  3,  4 | 0.2, -6)
+#   expert 2: ( 1, -2,  0, -4 | 0.3,  7)
+BASE = {"a": t(0, 0, 0, 0), "b": t(0, 0), "steps": torch.tensor([3])}  # an int buffer is ignored
+EXPERTS = [
+    {"a": t(1, 2, -3, 0), "b": t(0.1, 5), "steps": torch.tensor([9])},
+    {"a": t(-1, 2, 3, 4), "b": t(0.2, -6), "steps": torch.tensor([9])},
+    {"a": t(1, -2, 0, -4), "b": t(0.3, 7), "steps": torch.tensor([9])},
+]
+
+
+def test_untrimmed_conflicts_by_hand():
+    histogram = sign_pattern_histogram(BASE, EXPERTS, density=None)
+    assert int(histogram.sum()) == 6
+    # experts 0,1 disagree at a0, a2, b1 -> 3/6; experts 0,2 only at a1 (a2, a3: a 0 takes no side) -> 1/6;
+    # experts 1,2 at a0, a1, a3, b1 -> 4/6; all three: a0, a1, a2, a3, b1 -> 5/6
+    assert conflict_fraction(histogram, [0, 1]) == pytest.approx(3 / 6)
+    assert conflict_fraction(histogram, [0, 2]) == pytest.approx(1 / 6)
+    assert conflict_fraction(histogram, [1, 2]) == pytest.approx(4 / 6)
+    assert conflict_fraction(histogram, [0, 1, 2]) == pytest.approx(5 / 6)
+
+
+def test_trimmed_conflicts_by_hand():
+    # density 0.5 keeps int(0.5 * 6) = 3 entries per expert over both tensors:
+    #   expert 0 keeps 5, -3, 2 -> (0, 2, -3, 0 | 0, 5)
+    #   expert 1 keeps -6, 4, 3 -> (0, 0, 3, 4 | 0, -6)
+    #   expert 2 keeps 7, -4, -2 -> (0, -2, 0, -4 | 0, 7)
+    histogram = sign_pattern_histogram(BASE, EXPERTS, density=0.5)
+    # 0,1: a2, b1 -> 2/6; 0,2: a1 -> 1/6 (trimming removed a0's conflict); 1,2: a3, b1 -> 2/6;
+    # all three: a1, a2, a3, b1 -> 4/6
+    assert conflict_fraction(histogram, [0, 1]) == pytest.approx(2 / 6)
+    assert conflict_fraction(histogram, [0, 2]) == pytest.approx(1 / 6)
+    assert conflict_fraction(histogram, [1, 2]) == pytest.approx(2 / 6)
+    assert conflict_fraction(histogram, [0, 1, 2]) == pytest.approx(4 / 6)
+    # both of experts 0 and 2 are nonzero only at a1 and b1 after trimming (a0, a1, b0, b1 before)
+    assert overlap_fraction(histogram, [0, 2]) == pytest.approx(2 / 6)
+    assert overlap_fraction(sign_pattern_histogram(BASE, EXPERTS, density=None), [0, 2]) == pytest.approx(
+        4 / 6
+    )
+
+
+def test_table_averages_every_subset_and_draws(tmp_path):
+    table = sign_conflicts(BASE, EXPERTS, densities=(None, 0.5))
+    untrimmed = table[table["trimming"] == "none"].set_index("n_experts")
+    assert untrimmed.loc[2, "subsets"] == 3
+    assert untrimmed.loc[2, "conflict_fraction"] == pytest.approx((3 + 1 + 4) / 18)
+    assert (untrimmed.loc[2, "min"], untrimmed.loc[2, "max"]) == pytest.approx((1 / 6, 4 / 6))
+    assert untrimmed.loc[3, "conflict_fraction"] == pytest.approx(5 / 6)
+    assert set(table["trimming"]) == {"none", "top 0.5"}
+    trimmed = table[table["trimming"] == "top 0.5"].set_index("n_experts")
+    # trimmed, each pair has two entries where both are nonzero (0,1: a2, b1; 0,2: a1, b1; 1,2: a3, b1),
+    # conflicting at 2, 1 and 2 of them; the three experts overlap and conflict at a1, a2, a3, b1
+    assert trimmed.loc[2, "conflict_given_overlap"] == pytest.approx((1 + 0.5 + 1) / 3)
+    assert trimmed.loc[3, "conflict_given_overlap"] == pytest.approx(1.0)
+    table.insert(0, "model", "hand")
+    table.insert(1, "base_kind", "base")
+    path = draw_sign_conflicts(table, tmp_path / "conflicts.png")
+    assert path.stat().st_size > 1000
+
+
+def test_bad_expert_counts_and_subsets_are_named():
+    with pytest.raises(ValueError, match="experts: 1 given"):
+        sign_pattern_histogram(BASE, EXPERTS[:1], density=None)
+    histogram = sign_pattern_histogram(BASE, EXPERTS, density=None)
+    with pytest.raises(ValueError, match="names an expert outside 0..2"):
+        conflict_fraction(histogram, [0, 3])
