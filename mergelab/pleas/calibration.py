@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
+from mergelab.eval.inputs import right_padded
 from mergelab.stats.data import check_data_specs, load_examples
 from mergelab.stats.encode import encode_examples
 
@@ -39,14 +40,7 @@ def calibration_examples(
 
 def token_batches(examples: Sequence[list[int]], batch_size: int, pad_id: int) -> list[Batch]:
     """Right-padded batches of the examples, in order."""
-    batches = []
-    for start in range(0, len(examples), batch_size):
-        rows = examples[start : start + batch_size]
-        length = max(len(row) for row in rows)
-        input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for index, row in enumerate(rows):
-            input_ids[index, : len(row)] = torch.tensor(row)
-            attention_mask[index, : len(row)] = 1
-        batches.append((input_ids, attention_mask))
-    return batches
+    return [
+        right_padded(examples[start : start + batch_size], pad_id)
+        for start in range(0, len(examples), batch_size)
+    ]

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from mergelab.eval.inputs import padding_id
+from mergelab.eval.inputs import padding_id, right_padded
 from mergelab.stats.encode import EncodedExample
 
 
@@ -28,17 +28,6 @@ def linear_layers(model: torch.nn.Module) -> dict[str, torch.nn.Linear]:
         for name, module in model.named_modules()
         if isinstance(module, torch.nn.Linear) and f"{name}.weight" in stored
     }
-
-
-def _batch(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded input ids and their attention mask."""
-    length = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for index, row in enumerate(rows):
-        input_ids[index, : len(row)] = torch.tensor(row)
-        attention_mask[index, : len(row)] = 1
-    return input_ids, attention_mask
 
 
 @torch.no_grad()
@@ -79,7 +68,7 @@ def gram_matrices(
         for start in tqdm(
             range(0, len(rows), batch_size), desc=desc, disable=not progress, unit="batch", leave=False
         ):
-            input_ids, attention_mask = _batch(rows[start : start + batch_size], pad_id)
+            input_ids, attention_mask = right_padded(rows[start : start + batch_size], pad_id)
             token_mask[:] = [attention_mask.bool().to(device)]
             model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))
             n_tokens += int(attention_mask.sum())
