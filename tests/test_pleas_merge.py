@@ -12,6 +12,7 @@ from mergelab import zoo
 from mergelab.api import load_merged_model, merge
 from mergelab.merge_cli import main as merge_main
 from mergelab.methods import MergeConfigError, get_method
+from tests.zoo_fixture import micro_run_overrides
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -111,27 +112,13 @@ def test_bad_hyperparameters_name_the_option(hparams, message):
         get_method("pleas", **hparams)
 
 
-def run_overrides(tmp_path, *extra: str) -> list[str]:
-    return [
-        "model=micro",
-        "eval.max_examples=8",
-        "logger=none",
-        "progress=false",
-        "device=cpu",
-        f"results_dir={tmp_path}",
-        "study=t",
-        "experts.n_experts=2",
-        *extra,
-    ]
-
-
 def test_run_merges_experts_from_two_bases_into_a_wider_model(two_bases, tmp_path):
     from mergelab import runner
     from mergelab.config import validate
     from mergelab.sweep import compose
 
     config = compose(
-        run_overrides(
+        micro_run_overrides(
             tmp_path, "merge=pleas", "experts.init=different", "merge.budget=1.5", "merge.n_examples=16"
         )
     )
@@ -150,12 +137,12 @@ def test_experts_init_is_part_of_the_run_identity_and_checked(micro_zoo, tmp_pat
     from mergelab.config import ConfigError, validate
     from mergelab.sweep import compose
 
-    shared = validate(compose(run_overrides(tmp_path)))
-    different = validate(compose(run_overrides(tmp_path, "experts.init=different")))
+    shared = validate(compose(micro_run_overrides(tmp_path)))
+    different = validate(compose(micro_run_overrides(tmp_path, "experts.init=different")))
     assert shared.config_hash != different.config_hash
     with pytest.raises(ConfigError, match="experts.init: 'different' needs experts.base_kind=base"):
-        validate(compose(run_overrides(tmp_path, "experts.init=different", "experts.base_kind=it")))
+        validate(compose(micro_run_overrides(tmp_path, "experts.init=different", "experts.base_kind=it")))
     with pytest.raises(
         ConfigError, match="experts.init: 'sometimes' is not allowed; allowed: shared, different"
     ):
-        validate(compose(run_overrides(tmp_path, "experts.init=sometimes")))
+        validate(compose(micro_run_overrides(tmp_path, "experts.init=sometimes")))

@@ -13,6 +13,7 @@ from mergelab.methods.base import MergeConfigError
 from mergelab.stats import StatisticRequest, expert_statistic
 from mergelab.sweep import compose
 from tests.conftest import state_dicts
+from tests.zoo_fixture import micro_run_overrides
 
 CATEGORIES = ("color", "place")
 N_EXAMPLES = 12
@@ -91,19 +92,9 @@ def test_data_aware_methods_without_data_and_data_without_them_are_clear_errors(
 
 @pytest.mark.parametrize("method", ["fisher", "regmean"])
 def test_run_uses_each_zoo_experts_own_data_and_writes_rows(family, tmp_path, method):
-    overrides = [
-        "model=micro",
-        "eval.max_examples=8",
-        "logger=none",
-        "progress=false",
-        "device=cpu",
-        f"results_dir={tmp_path}",
-        "study=t",
-        f"merge={method}",
-        f"merge.n_examples={N_EXAMPLES}",
-        "experts.n_experts=2",
-        "experts.categories=[color,place]",
-    ]
+    overrides = micro_run_overrides(
+        tmp_path, f"merge={method}", f"merge.n_examples={N_EXAMPLES}", "experts.categories=[color,place]"
+    )
     rows = runner.run_one(compose(overrides))
     assert len(rows) > 0 and set(rows["method"]) == {method}
     assert set(rows["expert_set"]) == {"color,place"}

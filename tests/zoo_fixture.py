@@ -21,3 +21,18 @@ def micro_zoo(tmp_path_factory):
         os.environ.pop("MERGELAB_HOME", None)
     else:
         os.environ["MERGELAB_HOME"] = previous
+
+
+def micro_run_overrides(results_dir, *extra: str) -> list[str]:
+    """`mergelab run` overrides for a quick two-expert run on the micro zoo, writing into `results_dir`."""
+    return [
+        "model=micro",
+        "eval.max_examples=8",
+        "logger=none",
+        "progress=false",
+        "device=cpu",
+        f"results_dir={results_dir}",
+        "study=t",
+        "experts.n_experts=2",
+        *extra,
+    ]
