@@ -16,6 +16,7 @@ from mergelab.config import validate
 from mergelab.studies import merging_at_scale as study
 from mergelab.sweep import compose
 from tests.test_results import make_rows
+from tests.zoo_fixture import require_golden_micro_zoo
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 # Normalized scores are averages of 8-example accuracies: a changed answer moves one by >= 1/64. CPU runs
@@ -150,6 +151,7 @@ def scores_by_configuration(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_micro_study_matches_the_committed_golden_numbers(micro_zoo, tmp_path, single_torch_thread):
+    require_golden_micro_zoo(micro_zoo)
     committed_path = RESULTS / "merging_at_scale_micro" / "rows.parquet"
     assert committed_path.is_file(), "regenerate with the commands in experiments/merging_at_scale/README.md"
     runner.run_study("merging_at_scale_micro", [f"results_dir={tmp_path}"])

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from mergelab import report, results, runner
+from tests.zoo_fixture import require_golden_micro_zoo
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 # Normalized scores are averages of 8-example accuracies: a changed answer moves one by >= 1/64. CPU runs
@@ -32,6 +33,7 @@ def scores_by_configuration(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_micro_study_matches_the_committed_golden_numbers(micro_zoo, tmp_path, single_torch_thread):
+    require_golden_micro_zoo(micro_zoo)
     committed_path = RESULTS / "ties_micro" / "rows.parquet"
     assert committed_path.is_file(), "regenerate with the commands in experiments/ties/README.md"
     for experiment in ("ties_micro", "ties_micro_ablation"):

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from pathlib import Path
 
 import pytest
+
+# Digest of the micro zoo that produced the committed golden study numbers (results/*_micro/). Training is
+# bit-reproducible on one machine and library stack, not across CPUs (other float kernels, other weights).
+GOLDEN_MICRO_ZOO = Path(__file__).with_name("golden_micro_zoo.sha256")
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +42,24 @@ def micro_run_overrides(results_dir, *extra: str) -> list[str]:
         "experts.n_experts=2",
         *extra,
     ]
+
+
+def micro_zoo_digest(home: Path) -> str:
+    """SHA-256 over the weight digests of every micro zoo component under the MERGELAB_HOME `home`."""
+    import json
+
+    digest = hashlib.sha256()
+    for manifest in sorted((Path(home) / "zoo" / "micro").rglob("manifest.json")):
+        digest.update(json.loads(manifest.read_text())["sha256"].encode())
+    return digest.hexdigest()
+
+
+def require_golden_micro_zoo(home: Path) -> None:
+    """Skip a golden-number test where the micro zoo trained here differs from the one the numbers came from."""
+    expected = GOLDEN_MICRO_ZOO.read_text().strip()
+    actual = micro_zoo_digest(home)
+    if actual != expected:
+        pytest.skip(
+            f"this machine trains a different micro zoo ({actual[:12]} vs golden {expected[:12]}): the golden "
+            "numbers do not apply; regenerate them here with the commands in the study READMEs"
+        )
