@@ -35,10 +35,10 @@ from mergelab.scoring import (
     ReferenceCache,
     load_model,
     load_tokenizer,
-    resolve_device,
     score_tasks,
 )
 from mergelab.sweep import CONF_DIR, CONFIG_NAME, plan
+from mergelab.zoo.ladder import resolve_device
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,12 +25,6 @@ from mergelab.config import EvalConfig
 METRIC_OF_KIND = {"classification": "accuracy", "generation": "exact_match"}
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def load_tokenizer(path: str | Path):
     """The model's tokenizer, with a pad token (eos when the checkpoint has none) as the evaluators need."""
     from transformers import AutoTokenizer

@@ -197,7 +197,7 @@ def merge_whole_model(
     """
     from mergelab.checkpoint import TensorInfo, sidecar_files
     from mergelab.engine import peak_rss_bytes
-    from mergelab.scoring import resolve_device
+    from mergelab.zoo.ladder import resolve_device
 
     directories, stored = _directories(method, base, experts)
     compute = resolve_device(device)
