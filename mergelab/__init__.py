@@ -9,6 +9,6 @@ __version__ = "0.1.0"
 
 def merge(*args: Any, **kwargs: Any) -> Any:
     """Merge checkpoints; see `mergelab.api.merge` (imported lazily to keep `import mergelab` light)."""
-    from mergelab.api import merge as merge_checkpoints
+    from mergelab.api.merging import merge as merge_checkpoints
 
     return merge_checkpoints(*args, **kwargs)

@@ -6,11 +6,11 @@ import importlib
 import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "merge": ("mergelab.merge_cli", "merge a base and experts into a checkpoint"),
+    "merge": ("mergelab.api.cli", "merge a base and experts into a checkpoint"),
     "zoo": ("mergelab.zoo.cli", "build or list the embedded offline model zoo"),
-    "run": ("mergelab.runner", "merge and evaluate one config or a sweep (-m)"),
-    "report": ("mergelab.report", "gather a study's results into tables and figures"),
-    "demo": ("mergelab.demo", "the default job of `make run`"),
+    "run": ("mergelab.experiment.runner", "merge and evaluate one config or a sweep (-m)"),
+    "report": ("mergelab.experiment.report", "gather a study's results into tables and figures"),
+    "demo": ("mergelab.experiment.demo", "the default job of `make run`"),
 }
 
 

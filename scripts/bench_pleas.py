@@ -21,8 +21,8 @@ import time
 import torch
 
 from mergelab import zoo
+from mergelab.engine.device import resolve_device
 from mergelab.pleas import PleasOptions, pleas_merge_directories
-from mergelab.scoring import resolve_device
 
 
 def parse_args() -> argparse.Namespace:

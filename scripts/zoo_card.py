@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from mergelab.zoo.card import evaluate_size, load_size_scores, render_card
+from mergelab.experiment.zoo_card import evaluate_size, load_size_scores, render_card
 
 REPO = Path(__file__).resolve().parents[1]
 

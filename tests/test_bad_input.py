@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from mergelab.cli import main as cli
+from mergelab.engine.safetensors_io import SafetensorsWriter
 from mergelab.methods import METHODS
-from mergelab.safetensors_io import SafetensorsWriter
 from tests.conftest import save_family, tiny_llama
 
 
@@ -85,7 +85,7 @@ def test_shape_and_vocabulary_mismatch(tmp_path, capsys):
 
 
 def test_non_float_tensors_are_copied_from_base(tmp_path):
-    from mergelab.api import merge
+    from mergelab.api.merging import merge
 
     base = {"w": torch.zeros(3), "ids": torch.arange(3)}
     expert = {"w": torch.ones(3), "ids": torch.tensor([7, 8, 9])}
@@ -199,7 +199,7 @@ def test_disk_filling_up_mid_shard_leaves_nothing(family, capsys, monkeypatch):
         handle = real_open(path, mode, *args, **kwargs)
         return FullDiskFile(handle, capacity=50_000) if "w" in mode else handle
 
-    monkeypatch.setattr("mergelab.safetensors_io.open", open_on_small_disk, raising=False)
+    monkeypatch.setattr("mergelab.engine.safetensors_io.open", open_on_small_disk, raising=False)
     out = family["root"] / "out"
     code, err = run_merge(capsys, family["base"], family["experts"], out, "merge=average")
     assert code == 2 and f"disk full while writing {out}" in err
@@ -234,8 +234,8 @@ def test_unreachable_hub_id_is_named(family, capsys, monkeypatch):
 
 
 def test_experts_must_be_a_list_in_python(family, tmp_path):
-    from mergelab.api import merge
-    from mergelab.checkpoint import CheckpointError
+    from mergelab.api.merging import merge
+    from mergelab.engine.checkpoint import CheckpointError
 
     with pytest.raises(
         CheckpointError, match="experts must be a list of paths, hub ids or state dicts, not str"

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from mergelab import api, blockwise
-from mergelab.blockwise import merge_blockwise, upcast
+from mergelab import api
+from mergelab.engine import blockwise
+from mergelab.engine.blockwise import merge_blockwise, upcast
 from mergelab.methods import TensorContext, get_method
 
 CPU = torch.device("cpu")

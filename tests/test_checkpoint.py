@@ -9,9 +9,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from mergelab.checkpoint import CheckpointError, check_compatible, open_checkpoint, sidecar_files
-from mergelab.output import parse_size, plan_shards
-from mergelab.safetensors_io import PlannedTensor, SafetensorsReader, SafetensorsWriter
+from mergelab.engine.checkpoint import CheckpointError, check_compatible, open_checkpoint, sidecar_files
+from mergelab.engine.output import parse_size, plan_shards
+from mergelab.engine.safetensors_io import PlannedTensor, SafetensorsReader, SafetensorsWriter
 from tests.conftest import save_bin, tiny_llama
 
 

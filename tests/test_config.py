@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mergelab.config import ConfigError, validate
-from mergelab.sweep import CONF_DIR, compose, expand, plan
+from mergelab.experiment.config import ConfigError, validate
+from mergelab.experiment.sweep import CONF_DIR, compose, expand, plan
 
 GROUPS = ["model", "experts", "eval", "logger", "experiment"]
 
@@ -146,7 +146,7 @@ def test_bad_values_fail_with_one_line_naming_the_key(micro_zoo, overrides, expe
 
 
 def test_mergelab_run_reports_a_bad_value_in_one_line_before_loading_anything(micro_zoo, capsys):
-    from mergelab import runner
+    from mergelab.experiment import runner
 
     assert runner.main(["-m", "model=micro", "merge=ties,dare", "merge.density=1.5"]) == 2
     error = capsys.readouterr().err.strip()
@@ -155,7 +155,7 @@ def test_mergelab_run_reports_a_bad_value_in_one_line_before_loading_anything(mi
 
 
 def test_mergelab_run_names_an_unbuilt_zoo_size_before_launching(micro_zoo, capsys):
-    from mergelab import runner
+    from mergelab.experiment import runner
 
     assert runner.main(["model=l", "logger=none"]) == 2
     error = capsys.readouterr().err.strip()

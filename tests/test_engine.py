@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mergelab.api import merge
+from mergelab.api.merging import merge
 from tests.conftest import state_dicts
 from tests.reference import paper_ties_state_dicts
 

@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
-from mergelab.api import merge
+from mergelab.api.cli import compose_job
+from mergelab.api.merging import merge
 from mergelab.cli import main as cli
-from mergelab.merge_cli import compose_job
 from mergelab.methods import METHODS
 from tests.conftest import state_dicts
 

@@ -9,8 +9,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from mergelab import zoo
-from mergelab.api import load_merged_model, merge
-from mergelab.merge_cli import main as merge_main
+from mergelab.api.cli import main as merge_main
+from mergelab.api.merging import load_merged_model, merge
 from mergelab.methods import MergeConfigError, get_method
 from tests.zoo_fixture import micro_run_overrides
 
@@ -113,9 +113,9 @@ def test_bad_hyperparameters_name_the_option(hparams, message):
 
 
 def test_run_merges_experts_from_two_bases_into_a_wider_model(two_bases, tmp_path):
-    from mergelab import runner
-    from mergelab.config import validate
-    from mergelab.sweep import compose
+    from mergelab.experiment import runner
+    from mergelab.experiment.config import validate
+    from mergelab.experiment.sweep import compose
 
     config = compose(
         micro_run_overrides(
@@ -134,8 +134,8 @@ def test_run_merges_experts_from_two_bases_into_a_wider_model(two_bases, tmp_pat
 
 
 def test_experts_init_is_part_of_the_run_identity_and_checked(micro_zoo, tmp_path):
-    from mergelab.config import ConfigError, validate
-    from mergelab.sweep import compose
+    from mergelab.experiment.config import ConfigError, validate
+    from mergelab.experiment.sweep import compose
 
     shared = validate(compose(micro_run_overrides(tmp_path)))
     different = validate(compose(micro_run_overrides(tmp_path, "experts.init=different")))

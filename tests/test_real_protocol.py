@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from mergelab import cli, results
-from mergelab.config import ConfigError, validate
-from mergelab.suites import t0
-from mergelab.sweep import compose
+from mergelab import cli
+from mergelab.eval.suites import t0
+from mergelab.experiment import results
+from mergelab.experiment.config import ConfigError, validate
+from mergelab.experiment.sweep import compose
 from tests.conftest import state_dicts
 from tests.p3_fixture import p3_rows, save_p3_subset
 from tests.seq2seq_fixture import WORDS, save_t5_family, t5_like_tokenizer, unbatched_picks

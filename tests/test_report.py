@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mergelab import report, results
+from mergelab.experiment import report, results
 from tests.test_results import make_rows
 
 # Two held-in categories (a: two tasks, b: one) and one held-out category.

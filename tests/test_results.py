@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from mergelab import results
+from mergelab.experiment import results
 
 
 def make_rows(config_hash: str, tasks: dict[str, tuple[str, str, float, float]], **overrides) -> pd.DataFrame:

@@ -15,9 +15,10 @@ import pandas as pd
 import pytest
 import torch
 
-from mergelab import results, runner, zoo
-from mergelab.config import validate
-from mergelab.sweep import compose
+from mergelab import zoo
+from mergelab.experiment import results, runner
+from mergelab.experiment.config import validate
+from mergelab.experiment.sweep import compose
 
 FAST = ["model=micro", "eval.max_examples=8", "logger=none", "progress=false", "device=cpu"]
 
@@ -41,7 +42,7 @@ def independent_score(model_path, task: str, split: str = "test", model=None) ->
 
 
 def test_full_run_rows_schema_and_normalization(micro_zoo, tmp_path):
-    from mergelab.api import load_merged_model
+    from mergelab.api.merging import load_merged_model
 
     config = compose(overrides(tmp_path, "merge=task_arithmetic", "experts.n_experts=2", "merge.scale=0.7"))
     spec = validate(config)
@@ -139,7 +140,7 @@ def test_resume_skips_a_finished_run_and_force_reruns_it(micro_zoo, tmp_path, mo
 
 def test_select_validation_picks_the_best_scale_and_records_it(micro_zoo, tmp_path):
     from mergelab import eval as ml_eval
-    from mergelab.api import load_merged_model
+    from mergelab.api.merging import load_merged_model
 
     grid = [0.3, 1.0]
     config = compose(
@@ -241,7 +242,7 @@ def test_a_killed_joblib_sweep_resumes_with_every_row_once(micro_zoo, tmp_path):
 
 
 def test_wandb_offline_run_is_written_to_the_logger_dir(micro_zoo, tmp_path, monkeypatch):
-    from mergelab.logging_wandb import log_run
+    from mergelab.experiment.logging_wandb import log_run
     from tests.test_results import TASKS, make_rows
 
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -6,12 +6,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mergelab import runner, zoo
-from mergelab.api import merge
+from mergelab import zoo
+from mergelab.api.merging import merge
 from mergelab.cli import main as cli
+from mergelab.experiment import runner
+from mergelab.experiment.sweep import compose
 from mergelab.methods.base import MergeConfigError
 from mergelab.stats import StatisticRequest, expert_statistic
-from mergelab.sweep import compose
 from tests.conftest import state_dicts
 from tests.zoo_fixture import micro_run_overrides
 

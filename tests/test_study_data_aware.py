@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mergelab import report
+from mergelab.experiment import report
+from mergelab.experiment.config import ReportConfig
 from mergelab.studies.data_aware import decode_runs, spread
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -35,7 +36,8 @@ def test_committed_report_regenerates(study: str, tmp_path: Path) -> None:
     per_setting = rows.groupby(["method", "hyperparameters"])["subset_seed"].unique()
     assert all(sorted(seeds) == [0, 1, 2] for seeds in per_setting), per_setting
 
-    paths = report.write_report(rows, tmp_path)
+    extension = ReportConfig(extension="mergelab.studies.data_aware:write_data_aware_report", options={})
+    paths = report.write_report(rows, tmp_path, extension)
     names = {path.name for path in paths}
     assert {"rows.parquet", "summary.md", "runs.md", *extra} <= names
     for name in names:

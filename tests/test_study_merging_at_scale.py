@@ -11,10 +11,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mergelab import report, results, runner
-from mergelab.config import validate
+from mergelab.experiment import report, results, runner
+from mergelab.experiment.config import validate
+from mergelab.experiment.sweep import compose
 from mergelab.studies import merging_at_scale as study
-from mergelab.sweep import compose
 from tests.test_results import make_rows
 from tests.zoo_fixture import require_golden_micro_zoo
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mergelab import report, results, runner
+from mergelab.experiment import report, results, runner
 from tests.zoo_fixture import require_golden_micro_zoo
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import datasets
 import pytest
 
-from mergelab import suites
-from mergelab.suites import t0
+from mergelab.eval import suites
+from mergelab.eval.suites import t0
 from tests.p3_fixture import p3_rows, save_p3_subset
 
 RTE = t0.TASKS_BY_NAME["rte"]

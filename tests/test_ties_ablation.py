@@ -78,7 +78,7 @@ def test_without_elect_and_mean_all_is_the_plain_mean_of_trimmed_vectors():
 
 
 def test_ablation_options_work_with_global_trimming_through_the_engine():
-    from mergelab.api import merge
+    from mergelab.api.merging import merge
 
     base = {"a": t(0, 0, 0), "b": t(0, 0)}
     experts = [{"a": t(3, -4, 0.1), "b": t(1, 0.2)}, {"a": t(-1, 0.3, 0.2), "b": t(5, 2)}]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mergelab.zoo.card import SizeScores, gates
+from mergelab.experiment.zoo_card import SizeScores, gates
 from mergelab.zoo.suite import TaskSuite
 from mergelab.zoo.tasks import TaskSpec
 

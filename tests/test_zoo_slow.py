@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mergelab import zoo
-from mergelab.zoo.card import evaluate_size, gates
+from mergelab.experiment.zoo_card import evaluate_size, gates
 
 pytestmark = pytest.mark.slow
 

@@ -20,65 +20,9 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from mergelab.eval.inputs import check_prompts, check_texts, encode, padding_id, resolve_device
-
-
-def choice_rows(
-    tokenizer,
-    prompts: Sequence[str],
-    choices: Sequence[Sequence[str]],
-    *,
-    choice_special_tokens: bool = False,
-):
-    """(example, choice index, prompt ids, choice ids) for every choice of every example; the choices get
-    the tokenizer's special tokens only with `choice_special_tokens` (the seq2seq scorer's decoder labels)."""
-    check_texts("prompts", prompts)
-    if len(prompts) != len(choices):
-        raise ValueError(
-            f"prompts and choices differ in length: {len(prompts)} prompts, {len(choices)} choice lists"
-        )
-    for example, options in enumerate(choices):
-        check_texts(f"choices[{example}]", options)
-        if not options:
-            raise ValueError(f"example {example} has no answer choices")
-    prompt_ids = encode(tokenizer, prompts, add_special_tokens=True)
-    check_prompts(prompts, prompt_ids)
-    unique_choices = sorted({option for options in choices for option in options})
-    encoded = encode(tokenizer, unique_choices, add_special_tokens=choice_special_tokens)
-    choice_ids = dict(zip(unique_choices, encoded))
-    rows = []
-    for example, options in enumerate(choices):
-        for index, option in enumerate(options):
-            if not choice_ids[option]:
-                raise ValueError(f"choice {option!r} of example {example} tokenizes to no tokens")
-            rows.append((example, index, prompt_ids[example], choice_ids[option]))
-    return rows
-
-
-def _batch_tensors(batch, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded input ids, attention mask, and targets (-100 except where a choice token is predicted)."""
-    length = max(len(prompt) + len(choice) for _, _, prompt, choice in batch)
-    input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(batch), length), dtype=torch.long)
-    targets = torch.full((len(batch), length), -100, dtype=torch.long)
-    for row, (_, _, prompt, choice) in enumerate(batch):
-        total = len(prompt) + len(choice)
-        input_ids[row, :total] = torch.tensor(prompt + choice)
-        attention_mask[row, :total] = 1
-        # the logits at position t predict token t + 1: choice token j sits at len(prompt) + j
-        targets[row, len(prompt) - 1 : total - 1] = torch.tensor(choice)
-    return input_ids, attention_mask, targets
-
-
-def token_log_prob_sums(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per row, the sum of log-softmax(logits)[t, targets[t]] over positions whose target is not -100.
-
-    The log-softmax is taken only at those positions (a few per row), not over the whole padded batch.
-    """
-    rows, positions = (targets != -100).nonzero(as_tuple=True)
-    log_probs = torch.log_softmax(logits[rows, positions].float(), dim=-1)
-    picked = log_probs.gather(-1, targets[rows, positions].unsqueeze(-1)).squeeze(-1)
-    return torch.zeros(targets.shape[0], dtype=picked.dtype, device=picked.device).index_add_(0, rows, picked)
+from mergelab.eval.choices import causal_lm_batch, choice_rows, token_log_prob_sums
+from mergelab.eval.inputs import padding_id, resolve_device
+from mergelab.eval.seq2seq_rank import seq2seq_choice_scores
 
 
 @torch.no_grad()
@@ -101,8 +45,6 @@ def choice_scores(
     `seq2seq_choice_scores` instead. `batch_size` counts (example, choice) rows per forward pass.
     """
     if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
-        from mergelab.eval.seq2seq_rank import seq2seq_choice_scores
-
         return seq2seq_choice_scores(
             model,
             tokenizer,
@@ -125,7 +67,7 @@ def choice_scores(
         range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch", leave=False
     ):
         batch = [rows[r] for r in order[start : start + batch_size]]
-        input_ids, attention_mask, targets = _batch_tensors(batch, pad_id)
+        input_ids, attention_mask, targets = causal_lm_batch(batch, pad_id)
         logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
         sums = token_log_prob_sums(logits, targets.to(device)).cpu().tolist()
         for (example, index, _, choice), total in zip(batch, sums):

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from mergelab.eval.choices import choice_rows, token_log_prob_sums
 from mergelab.eval.inputs import padding_id, resolve_device, right_padded
-from mergelab.eval.rank import choice_rows, token_log_prob_sums
 
 
 @torch.no_grad()

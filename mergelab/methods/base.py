@@ -64,7 +64,7 @@ class MergeMethod(ABC):
     # The per-expert statistic a data-aware method merges with ("fisher", "gram"; see mergelab.stats), or None.
     statistic: ClassVar[str | None] = None
     # The merged value of an entry depends only on that entry's values (given the trim context), so the
-    # engine may merge a large tensor slice by slice (`mergelab.blockwise`).
+    # engine may merge a large tensor slice by slice (`mergelab.engine.blockwise`).
     elementwise: ClassVar[bool] = False
     # The method trims task vectors by magnitude with `TrimRule`s (tensor scope or model-wide).
     trims: ClassVar[bool] = False

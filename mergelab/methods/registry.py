@@ -1,21 +1,55 @@
-"""Maps method names to their classes."""
+"""Maps method names to their classes.
+
+Tensor methods live in this package and are registered directly. Whole-model methods (PLeaS) live in a
+higher layer (they run models and need the engine), so the registry names the module that defines each
+one and imports it only when the method is looked up: `mergelab.methods` never imports upward.
+"""
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from mergelab.methods.average import Average
 from mergelab.methods.base import MergeConfigError, MergeMethod
 from mergelab.methods.dare import Dare
 from mergelab.methods.fisher import Fisher
-from mergelab.methods.pleas import Pleas
 from mergelab.methods.regmean import RegMean
 from mergelab.methods.task_arithmetic import TaskArithmetic
 from mergelab.methods.ties import Ties
 
-METHODS: dict[str, type[MergeMethod]] = {
-    method.name: method for method in (Average, TaskArithmetic, Ties, Dare, Fisher, RegMean, Pleas)
-}
+TENSOR_METHODS: tuple[type[MergeMethod], ...] = (Average, TaskArithmetic, Ties, Dare, Fisher, RegMean)
+# name -> "module:class" of a whole-model method, imported on first lookup
+WHOLE_MODEL_METHODS: dict[str, str] = {"pleas": "mergelab.pleas.method:Pleas"}
+
+
+class MethodRegistry(Mapping[str, type[MergeMethod]]):
+    """Every method by name, in registration order; whole-model methods are imported when first used."""
+
+    def __init__(self, tensor_methods: tuple[type[MergeMethod], ...], whole_model: Mapping[str, str]) -> None:
+        self._classes: dict[str, type[MergeMethod] | None] = {
+            method.name: method for method in tensor_methods
+        }
+        self._locations = dict(whole_model)
+        self._classes.update(dict.fromkeys(whole_model))
+
+    def __getitem__(self, name: str) -> type[MergeMethod]:
+        method = self._classes[name]
+        if method is None:
+            module_name, class_name = self._locations[name].split(":")
+            method = getattr(importlib.import_module(module_name), class_name)
+            self._classes[name] = method
+        return method
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._classes)
+
+    def __len__(self) -> int:
+        return len(self._classes)
+
+
+METHODS = MethodRegistry(TENSOR_METHODS, WHOLE_MODEL_METHODS)
 
 
 def get_method(name: str, **hparams: Any) -> MergeMethod:

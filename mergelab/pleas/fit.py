@@ -29,11 +29,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from mergelab.methods.least_squares import solve_least_squares
-from mergelab.methods.pleas import FITS
 from mergelab.pleas.activations import LINEAR_GROUPS, MLP_INPUTS, LlamaShape, block, capture
 from mergelab.pleas.calibration import Batch
 from mergelab.pleas.partial import MlpLayout
 
+FITS = ("least_squares", "adam", "none")  # closed form, the reference's Adam, or none (aligned average)
 ADAM_STEPS = 400
 ADAM_LEARNING_RATE = 5e-4
 

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mergelab.engine import MergeReport
+from mergelab.engine.merge import MergeReport
+from mergelab.engine.output import CheckpointOutput
 from mergelab.methods.base import MergeMethod
-from mergelab.output import CheckpointOutput
 from mergelab.pleas.activations import LlamaShape, llama_shape
 from mergelab.pleas.calibration import Batch, calibration_examples, token_batches
 from mergelab.pleas.fit import LayerFit, fit_merged_model
@@ -36,7 +36,7 @@ BATCH_SIZE = 32
 
 @dataclass(frozen=True)
 class PleasOptions:
-    """The hyperparameters of one PLeaS merge (see `mergelab.methods.pleas` for their meaning)."""
+    """The hyperparameters of one PLeaS merge (see `mergelab.pleas.method` for their meaning)."""
 
     budget: float | Sequence[float] = 1.0
     n_examples: int = 1600
@@ -121,8 +121,8 @@ def calibration_batches(
     base_dir: Path, data: Sequence[str] | None, n_experts: int, n_examples: int
 ) -> list[Batch]:
     """The token batches every expert is run on (the base's tokenizer; padded with pad, else eos)."""
+    from mergelab.engine.models import load_tokenizer
     from mergelab.eval.inputs import padding_id
-    from mergelab.scoring import load_tokenizer
 
     tokenizer = load_tokenizer(base_dir)
     examples = calibration_examples(data, n_experts, tokenizer, n_examples)
@@ -158,7 +158,7 @@ def merged_state_dict(model: nn.Module, stored: dict[str, torch.dtype]) -> dict[
 
 def _directories(method: MergeMethod, base: object, experts: Sequence[object]) -> tuple[list[Path], dict]:
     """Local directories of the base and experts (hub ids resolved) and expert 0's stored tensor dtypes."""
-    from mergelab.checkpoint import CheckpointError, open_checkpoint
+    from mergelab.engine.checkpoint import CheckpointError, open_checkpoint
 
     directories, stored = [], {}
     for label, reference in [("base", base)] + [(f"expert {i}", e) for i, e in enumerate(experts)]:
@@ -195,9 +195,8 @@ def merge_whole_model(
     A written checkpoint gets the merged model's config (e.g. PLeaS's wider intermediate size) over the
     base's, beside the base's tokenizer files.
     """
-    from mergelab.checkpoint import TensorInfo, sidecar_files
-    from mergelab.engine import peak_rss_bytes
-    from mergelab.zoo.ladder import resolve_device
+    from mergelab.engine.checkpoint import TensorInfo, sidecar_files
+    from mergelab.engine.device import peak_rss_bytes, resolve_device
 
     directories, stored = _directories(method, base, experts)
     compute = resolve_device(device)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from mergelab.safetensors_io import SafetensorsError, SafetensorsReader
+from mergelab.engine.safetensors_io import SafetensorsError, SafetensorsReader
 from mergelab.zoo.cache import mergelab_home
 
 STATS_VERSION = 1

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from mergelab.checkpoint import CheckpointError
+from mergelab.engine.checkpoint import CheckpointError
 from mergelab.stats.cache import CacheResult, StatisticCache, StatisticFile, StatisticKey
 from mergelab.stats.data import ExampleSet, load_examples
 from mergelab.stats.encode import EncodedExample, encode_examples
@@ -86,7 +86,7 @@ def cpu_threads_for(model: torch.nn.Module, device: torch.device) -> Iterator[No
 
 def load_statistic_tokenizer(path: str | Path, fallback: str | Path | None):
     """The checkpoint's tokenizer, else the fallback's (a base directory), with a pad token."""
-    from mergelab.scoring import load_tokenizer
+    from mergelab.engine.models import load_tokenizer
 
     candidates = [Path(path), *([Path(fallback)] if fallback is not None else [])]
     for candidate in candidates:

@@ -30,8 +30,8 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from mergelab.eval.choices import causal_lm_batch, token_log_prob_sums
 from mergelab.eval.inputs import padding_id
-from mergelab.eval.rank import _batch_tensors, token_log_prob_sums
 from mergelab.stats.encode import EncodedExample
 
 ESTIMATORS = ("expected", "empirical")
@@ -53,7 +53,7 @@ def _accumulate(
 
 def _classification(model, example: EncodedExample, estimator: str, pad_id: int, params, sums) -> None:
     rows = [(0, index, example.prompt, answer) for index, answer in enumerate(example.answers)]
-    input_ids, attention_mask, targets = _batch_tensors(rows, pad_id)
+    input_ids, attention_mask, targets = causal_lm_batch(rows, pad_id)
     device = sums[0].device
     logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
     log_q = torch.log_softmax(token_log_prob_sums(logits, targets.to(device)), dim=-1)

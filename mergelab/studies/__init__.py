@@ -1,2 +1,4 @@
-"""Study-specific analyses: `mergelab/studies/<study>.py` defines `extend_report(rows, summary, out_dir)`,
-which `mergelab report` calls after the common tables and figures (see `mergelab.report`)."""
+"""Study-specific analyses. A study's overlay names its function (`report.extension:
+mergelab.studies.ties:write_ties_report`, with `report.options`), which `mergelab report` calls as
+`function(rows, summary, out_dir, **options)` after the common tables and figures (see
+`mergelab.experiment.report`)."""

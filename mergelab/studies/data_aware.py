@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from mergelab.eval import aggregate
-from mergelab.report import to_markdown
+from mergelab.experiment.report import to_markdown
 
 SCORES = ["held_in", "held_out", "held_in_raw", "expert_raw", "chance_raw"]
 CONDITIONS = {
@@ -46,7 +46,7 @@ def _held_in_mean(rows: pd.DataFrame, column: str) -> float:
 
 def zoo_chance(rows: pd.DataFrame) -> dict[str, float]:
     """Chance score of each of the rows' tasks in the zoo suite (NaN for a task the zoo does not have)."""
-    from mergelab.suites import load_suite
+    from mergelab.eval.suites import load_suite
 
     tasks = load_suite("zoo").tasks
     return {task: tasks[task].chance if task in tasks else math.nan for task in rows["task"].unique()}

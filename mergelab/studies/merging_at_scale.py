@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mergelab.report import CONFIG_KEYS, to_markdown
+from mergelab.experiment.report import CONFIG_KEYS, to_markdown
 from mergelab.studies.merging_at_scale_figures import draw_figures
 
 SCORES = ["held_in", "held_out", "held_in_multitask", "held_out_multitask"]
@@ -385,7 +385,7 @@ def chosen_hyperparameters(spread: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(records)
 
 
-def extend_report(rows: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> list[Path]:
+def write_merging_at_scale_report(rows: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> list[Path]:
     """findings.md and the study's three figures in `out_dir`; returns their paths."""
     spread = subset_spread(summary)
     baseline = multitask_baseline(rows)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mergelab.report import CONFIG_KEYS
+from mergelab.experiment.report import CONFIG_KEYS
 
 
 def draw_figures(summary: pd.DataFrame, baseline: pd.DataFrame, out_dir: Path) -> list[Path]:

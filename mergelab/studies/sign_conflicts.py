@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mergelab.checkpoint import CheckpointError, check_compatible, is_float, open_checkpoint
+from mergelab.engine.checkpoint import CheckpointError, check_compatible, is_float, open_checkpoint
 from mergelab.methods import get_method
 from mergelab.methods.trim import keep_mask
 
@@ -40,8 +40,8 @@ def sign_pattern_histogram(
     vector is positive (negative) at that parameter. `density` None: untrimmed task vectors; else each is
     trimmed to exactly `int(density * n)` entries over the whole model, as TIES's global trimming.
     """
-    from mergelab.engine import TensorStream
-    from mergelab.global_trim import global_trim_contexts
+    from mergelab.engine.global_trim import global_trim_contexts
+    from mergelab.engine.stream import TensorStream
 
     n_experts = len(experts)
     if not 2 <= n_experts <= MAX_EXPERTS:

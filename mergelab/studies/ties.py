@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mergelab.report import to_markdown
+from mergelab.experiment.report import to_markdown
 
 TIES_DEFAULTS = {
     "density": 0.2,

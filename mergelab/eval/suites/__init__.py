@@ -20,7 +20,7 @@ def load_suite(suite: str) -> TaskSuite:
 
         return zoo.load_suite()
     if suite == "t0":
-        from mergelab.suites import t0
+        from mergelab.eval.suites import t0
 
         return t0.load_suite()
     raise ValueError(f"eval.suite: {suite!r} is not allowed; allowed: {', '.join(SUITES)}")
@@ -33,7 +33,7 @@ def load_task(suite: str, name: str, split: str, data_dir: str | None = None) ->
 
         return zoo.load_task(name, split)
     if suite == "t0":
-        from mergelab.suites import t0
+        from mergelab.eval.suites import t0
 
         return t0.load_task(name, split, data_dir)
     raise ValueError(f"eval.suite: {suite!r} is not allowed; allowed: {', '.join(SUITES)}")

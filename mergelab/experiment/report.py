@@ -4,20 +4,21 @@ Writes into `<results_dir>/<study>/` (by default `results/<study>/`, the committ
 `rows.parquet` (every tidy row), `summary.md` (normalized held-in / held-out per configuration, averaged
 over expert subsets) and PNG figures: normalized score against the number of experts per method and base
 kind, and, when the study spans several model sizes, against the parameter count. A study with its own
-analyses adds them in `mergelab/studies/<study>.py`, whose `extend_report(rows, summary, out_dir)` writes
-further tables and figures and returns their paths.
+analyses names them in its overlay (`report.extension: mergelab.studies.ties:write_ties_report` plus
+`report.options`); that function writes further tables and figures and returns their paths.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import math
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from mergelab import results
+from mergelab.experiment import results
+from mergelab.experiment.config import ReportConfig
 
 RUN_KEYS = [
     "config_hash",
@@ -145,8 +146,9 @@ def draw_figures(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
     return paths
 
 
-def write_report(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """rows.parquet, summary.md and the figures of one study in `out_dir`; returns their paths."""
+def write_report(rows: pd.DataFrame, out_dir: Path, settings: ReportConfig | None = None) -> list[Path]:
+    """rows.parquet, summary.md and the figures of one study in `out_dir`, then the study's own extension
+    (`settings.extension`, if any); returns the paths written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize_runs(rows)
     table = study_table(summary)
@@ -158,24 +160,18 @@ def write_report(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
         f"`_multitask`: / the multitask baseline), mean within category, then across categories, then over "
         f"expert subsets. {len(summary)} runs, {len(rows)} rows.\n\n{to_markdown(table)}\n"
     )
-    return [rows_path, markdown, *draw_figures(summary, out_dir), *study_extension(rows, summary, out_dir)]
-
-
-def study_extension(rows: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """The paths written by the study's own `mergelab.studies.<study>.extend_report`, if it has one."""
-    paths: list[Path] = []
-    for study in sorted(rows["study"].unique()):
-        module_name = f"mergelab.studies.{study}"
-        if importlib.util.find_spec(module_name) is not None:
-            module = importlib.import_module(module_name)
-            paths += module.extend_report(rows, summary, out_dir)
+    paths = [rows_path, markdown, *draw_figures(summary, out_dir)]
+    if settings is not None and settings.extension is not None:
+        module_name, function = settings.extension.split(":")
+        extend = getattr(importlib.import_module(module_name), function)
+        paths += extend(rows, summary, out_dir, **settings.options)
     return paths
 
 
 def main(argv: list[str]) -> int:
     """`mergelab report experiment=NAME [results_dir=...]`: tables and figures of the study."""
-    from mergelab.config import ConfigError
-    from mergelab.sweep import compose
+    from mergelab.experiment.config import ConfigError
+    from mergelab.experiment.sweep import compose
 
     if not argv or argv[0] in {"-h", "--help"}:
         print("usage: mergelab report experiment=NAME [results_dir=DIR]  (or study=NAME)")
@@ -193,7 +189,7 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 1
-    paths = write_report(rows, Path(config.results_dir) / config.study)
+    paths = write_report(rows, Path(config.results_dir) / config.study, config.report)
     print(to_markdown(study_table(summarize_runs(rows))))
     for path in paths:
         print(f"wrote {path}")

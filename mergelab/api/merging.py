@@ -8,10 +8,11 @@ from typing import Any
 
 import torch
 
-from mergelab.checkpoint import Checkpoint, CheckpointError, open_checkpoint, sidecar_files
-from mergelab.engine import MergeReport, check_inputs, merge_checkpoints, resolve_device
+from mergelab.engine.checkpoint import Checkpoint, CheckpointError, open_checkpoint, sidecar_files
+from mergelab.engine.device import resolve_device
+from mergelab.engine.merge import MergeReport, check_inputs, merge_checkpoints
+from mergelab.engine.output import CheckpointOutput
 from mergelab.methods import MergeConfigError, MergeMethod, get_method
-from mergelab.output import CheckpointOutput
 
 CheckpointRef = str | Path | Mapping[str, torch.Tensor]
 
@@ -206,12 +207,12 @@ def _describe(reference: CheckpointRef) -> str:
 def load_merged_model(base: str | Path, state_dict: Mapping[str, torch.Tensor]):
     """A `transformers` model with the base's architecture carrying a merged state dict.
 
-    The class follows the base (`scoring.model_class`: seq2seq for T5-like models, else causal LM). Tied
+    The class follows the base (`mergelab.engine.models.model_class`: seq2seq for T5-like models, else causal LM). Tied
     weights (an `lm_head` or T5's encoder/decoder embeddings sharing storage with a loaded tensor) are absent
     from checkpoints and state dicts; any other missing or unexpected tensor is an error.
     """
+    from mergelab.engine.models import model_class
     from mergelab.pleas.partial import widened_config
-    from mergelab.scoring import model_class
 
     auto_class = model_class(base)
     model = auto_class.from_pretrained(base)

@@ -120,7 +120,7 @@ def load(study: str, results_dir: str | Path | None = None) -> pd.DataFrame:
 
 def git_commit() -> str:
     """The commit of the mergelab checkout (with '-dirty' for local changes), or 'unknown'."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True

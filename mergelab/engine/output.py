@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from mergelab.checkpoint import SAFETENSORS_INDEX, CheckpointError, TensorInfo
-from mergelab.safetensors_io import PlannedTensor, SafetensorsWriter, tensor_nbytes
+from mergelab.engine.checkpoint import SAFETENSORS_INDEX, CheckpointError, TensorInfo
+from mergelab.engine.safetensors_io import PlannedTensor, SafetensorsWriter, tensor_nbytes
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 

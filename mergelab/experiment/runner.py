@@ -28,17 +28,21 @@ from typing import Any
 import pandas as pd
 import torch
 
-from mergelab import results, suites, zoo
-from mergelab.config import ConfigError, RunSpec, choose_categories, config_hash, selection_points, validate
-from mergelab.scoring import (
-    METRIC_OF_KIND,
-    ReferenceCache,
-    load_model,
-    load_tokenizer,
-    score_tasks,
+from mergelab import zoo
+from mergelab.engine.device import resolve_device
+from mergelab.engine.models import load_model, load_tokenizer
+from mergelab.eval import suites
+from mergelab.experiment import results
+from mergelab.experiment.config import (
+    ConfigError,
+    RunSpec,
+    choose_categories,
+    config_hash,
+    selection_points,
+    validate,
 )
-from mergelab.sweep import CONF_DIR, CONFIG_NAME, plan
-from mergelab.zoo.ladder import resolve_device
+from mergelab.experiment.scoring import METRIC_OF_KIND, ReferenceCache, score_tasks
+from mergelab.experiment.sweep import CONF_DIR, CONFIG_NAME, plan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +129,7 @@ def merge_and_load(
     spec: RunSpec, models: RunModels, hparams: dict[str, Any], device: torch.device, out: Path | None
 ):
     """The merged model on `device`, and the engine's report (merge seconds, peak memory)."""
-    from mergelab.api import load_merged_model, merge_with_report
+    from mergelab.api.merging import load_merged_model, merge_with_report
 
     experts = [models.experts[c] for c in spec.categories]
     data = training_data(spec)
@@ -230,7 +234,7 @@ def chosen_hyperparameters(spec: RunSpec, tokenizer, cache: ReferenceCache, devi
 def peak_memory_bytes(device: torch.device, merge_peak: int) -> int:
     if device.type == "cuda":
         return max(int(torch.cuda.max_memory_allocated(device)), merge_peak)
-    from mergelab.engine import peak_rss_bytes
+    from mergelab.engine.device import peak_rss_bytes
 
     return peak_rss_bytes()
 
@@ -314,8 +318,8 @@ def execute(spec: RunSpec) -> pd.DataFrame:
 
 def run_one(cfg: Any) -> pd.DataFrame:
     """Run one composed config (DictConfig or mapping) unless its fragment exists; returns its rows."""
-    from mergelab.logging_wandb import log_run
-    from mergelab.report import print_summary
+    from mergelab.experiment.logging_wandb import log_run
+    from mergelab.experiment.report import print_summary
 
     spec = validate(cfg)
     config = spec.config
@@ -360,7 +364,7 @@ def _launch(args: list[str]) -> int:
 
 def main(argv: list[str]) -> int:
     """`mergelab run [-m] [overrides]`: validate every planned run, launch them, print the summary."""
-    from mergelab.report import print_summary
+    from mergelab.experiment.report import print_summary
 
     flags = [arg for arg in argv if arg.startswith("-")]
     if any(flag not in ("-m", "--multirun") for flag in flags):

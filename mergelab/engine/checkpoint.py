@@ -17,7 +17,7 @@ from typing import Protocol
 
 import torch
 
-from mergelab.safetensors_io import SafetensorsError, SafetensorsReader
+from mergelab.engine.safetensors_io import SafetensorsError, SafetensorsReader
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"

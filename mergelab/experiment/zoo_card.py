@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mergelab.api import load_merged_model, merge
+from mergelab.api.merging import load_merged_model, merge
 from mergelab.eval import aggregate, evaluate_task
 from mergelab.zoo.cache import read_manifest, zoo_home
 from mergelab.zoo.ladder import BASE_KINDS, model_path

@@ -10,8 +10,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from mergelab import report, runner, zoo
-from mergelab.sweep import compose
+from mergelab import zoo
+from mergelab.experiment import report, runner
+from mergelab.experiment.sweep import compose
 
 STUDY = "default_study"
 
@@ -21,7 +22,7 @@ def main(argv: list[str]) -> int:
     config = compose([f"experiment={STUDY}", *argv])
     zoo.build(config.model.size, device="auto")
     rows = runner.run_study(STUDY, argv)
-    paths = report.write_report(rows, Path(config.results_dir) / STUDY)
+    paths = report.write_report(rows, Path(config.results_dir) / STUDY, config.report)
     report.print_summary(rows)
     for path in paths:
         print(f"wrote {path}")

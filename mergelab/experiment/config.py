@@ -57,7 +57,7 @@ class ExpertsConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     """What a run evaluates: `suite` zoo (the embedded synthetic tasks) or t0 (the real T0 mixture, read
-    from the hub or from `data_dir`, see `mergelab.suites.t0`), which groups, on which split and how."""
+    from the hub or from `data_dir`, see `mergelab.eval.suites.t0`), which groups, on which split and how."""
 
     held_in: bool
     held_out: bool
@@ -79,6 +79,16 @@ class LoggerConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    """A study's own reporting: `extension` names a function as `module:function`, which `mergelab report`
+    calls as `function(rows, summary, out_dir, **options)` after the common tables and figures, and which
+    returns the paths it wrote; None: the common report only."""
+
+    extension: str | None
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything one run needs; `merge` holds the method name plus its hyperparameters."""
 
@@ -96,6 +106,7 @@ class RunConfig:
     select: Literal["none", "validation"]
     select_subset_seed: int | None  # search on this seed's expert subset (None: the run's own subset)
     select_grid: dict[str, dict[str, list[float]]]
+    report: ReportConfig
 
 
 @dataclass(frozen=True)
@@ -184,6 +195,22 @@ def _check_device(device: str) -> None:
         raise ConfigError(f"device: {device!r} is not allowed; allowed: auto, cpu, cuda, cuda:N, mps")
 
 
+def _check_report_extension(settings: ReportConfig) -> None:
+    if settings.extension is None:
+        return
+    module_name, _, function = settings.extension.partition(":")
+    if not module_name or not function:
+        raise ConfigError(f"report.extension: {settings.extension!r} is not of the form 'module:function'")
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ConfigError(f"report.extension: cannot import {module_name!r}: {error}") from error
+    if not callable(getattr(module, function, None)):
+        raise ConfigError(f"report.extension: {module_name!r} has no function {function!r}")
+
+
 def _check_method(method: str, hparams: Mapping[str, Any], key: str = "merge") -> None:
     from mergelab.methods import METHODS, MergeConfigError, get_method
 
@@ -201,7 +228,7 @@ def available_categories(config: RunConfig) -> list[str]:
     if config.experts.source == "paths":
         categories = list(config.experts.paths or {})
         if config.eval.suite == "t0":
-            from mergelab.suites import t0
+            from mergelab.eval.suites import t0
 
             allowed = t0.load_suite().held_in_categories
             unknown = [name for name in categories if name not in allowed]
@@ -263,7 +290,7 @@ def config_hash(config: RunConfig, categories: list[str]) -> str:
     if evaluation["suite"] == "zoo":
         del evaluation["suite"], evaluation["data_dir"]  # the zoo suite's hashes predate these keys
     else:
-        from mergelab.suites import t0
+        from mergelab.eval.suites import t0
 
         evaluation["suite_version"] = t0.SUITE_VERSION
         evaluation["data_dir"] = t0.data_dir(config.eval.data_dir)  # fixture data is not hub data
@@ -288,6 +315,7 @@ def validate(composed: Any) -> RunSpec:
     plain = _plain(composed)
     config: RunConfig = build_dataclass(RunConfig, plain)
     _check_device(config.device)
+    _check_report_extension(config.report)
     merge = dict(config.merge)
     method = merge.pop("method", None)
     if method is None:

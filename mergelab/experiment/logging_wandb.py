@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mergelab.config import RunConfig, RunSpec
+from mergelab.experiment.config import RunConfig, RunSpec
 
 
 def enabled(config: RunConfig) -> bool:
@@ -25,7 +25,7 @@ def enabled(config: RunConfig) -> bool:
 
 def run_metrics(rows: pd.DataFrame) -> dict[str, float]:
     """Flat metrics: `<group>/<task>/<metric>` and its normalized views, plus the aggregate scores."""
-    from mergelab.report import summarize_runs
+    from mergelab.experiment.report import summarize_runs
 
     metrics: dict[str, float] = {}
     for row in rows.itertuples():

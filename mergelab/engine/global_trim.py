@@ -8,16 +8,13 @@ holds more than one tensor of each checkpoint (as stored) plus float32 slices of
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
-from mergelab.blockwise import elected_sign_total
+from mergelab.engine.blockwise import elected_sign_total
+from mergelab.engine.stream import TensorStream
 from mergelab.methods import MergeMethod, TensorContext, TrimRule
 from mergelab.methods.trim import MagnitudeSelector, keep_count
-
-if TYPE_CHECKING:
-    from mergelab.engine import TensorStream
 
 
 def global_trim_contexts(

@@ -19,8 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from mergelab.methods.base import MergeConfigError, MergeMethod, TensorContext
-
-FITS = ("least_squares", "adam", "none")
+from mergelab.pleas.fit import FITS
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,10 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mergelab.checkpoint import CheckpointError
+from mergelab.engine.checkpoint import CheckpointError
 from mergelab.methods import METHODS, MergeConfigError
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 JOB_KEYS = ("base", "experts", "out", "device", "overwrite", "max_shard_size", "progress", "data")
 REQUIRED_KEYS = ("base", "experts", "out")
 
@@ -106,7 +106,7 @@ def compose_job(overrides: list[str]) -> DictConfig:
 
 def run(overrides: list[str]) -> int:
     """Compose the job and merge; the summary line goes to stdout."""
-    from mergelab.api import merge
+    from mergelab.api.merging import merge
 
     config = compose_job(overrides)
     hparams = OmegaConf.to_container(config.merge, resolve=True)

@@ -20,33 +20,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mergelab.config import EvalConfig
+from mergelab.engine.models import load_model, load_tokenizer
+from mergelab.experiment.config import EvalConfig
 
 METRIC_OF_KIND = {"classification": "accuracy", "generation": "exact_match"}
-
-
-def load_tokenizer(path: str | Path):
-    """The model's tokenizer, with a pad token (eos when the checkpoint has none) as the evaluators need."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def model_class(path: str | Path):
-    """The `transformers` auto class for the checkpoint at `path`: seq2seq for an encoder-decoder (T5,
-    Flan-T5), else causal LM; read from its config, so a hub id and a local directory load alike."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
-
-    encoder_decoder = getattr(AutoConfig.from_pretrained(path), "is_encoder_decoder", False)
-    return AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM
-
-
-def load_model(path: str | Path, device: torch.device):
-    """The model at `path` on `device`, in eval mode (class chosen by `model_class`)."""
-    return model_class(path).from_pretrained(path).to(device).eval()
 
 
 def score_tasks(
@@ -61,7 +38,7 @@ def score_tasks(
 ) -> dict[str, float]:
     """Accuracy / exact match of `model` on each task (name -> kind) of the `settings.suite` suite."""
     from mergelab import eval as ml_eval
-    from mergelab import suites
+    from mergelab.eval import suites
 
     scores = {}
     for name in tqdm(list(tasks), desc=desc, disable=not progress, leave=False):
@@ -101,7 +78,7 @@ class ReferenceCache:
     def _file(self, model_path: str | Path, split: str, task: str) -> Path:
         options = f"{split}-n{self.settings.max_examples}-ln{int(self.settings.length_normalize)}"
         if self.settings.suite != "zoo":  # the zoo's cache names predate other suites
-            from mergelab.suites import t0
+            from mergelab.eval.suites import t0
 
             source = hashlib.sha256(str(t0.data_dir(self.settings.data_dir)).encode()).hexdigest()[:8]
             options += f"-{self.settings.suite}{t0.SUITE_VERSION}-{source}"

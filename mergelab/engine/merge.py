@@ -3,16 +3,14 @@
 Tensors are processed one at a time in sorted-name order (so results never depend on shard layout), read
 one step ahead on a background thread and written behind on another, so reading, compute and writing
 overlap while memory stays near (experts + 2) tensors. Methods that trim over the whole model get their
-per-expert cuts and majority sign from streaming passes first (`mergelab.global_trim`).
+per-expert cuts and majority sign from streaming passes first (`mergelab.engine.global_trim`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import resource
 import time
-from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +19,14 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 
-from mergelab import blockwise
-from mergelab.blockwise import TensorBlocks, merge_blockwise, upcast
-from mergelab.checkpoint import Checkpoint, CheckpointError, TensorInfo, check_compatible, is_float
-from mergelab.global_trim import global_trim_contexts
+from mergelab.engine import blockwise
+from mergelab.engine.blockwise import merge_blockwise, upcast
+from mergelab.engine.checkpoint import Checkpoint, CheckpointError, TensorInfo, check_compatible, is_float
+from mergelab.engine.device import peak_rss_bytes, resolve_device
+from mergelab.engine.global_trim import global_trim_contexts
+from mergelab.engine.output import CheckpointOutput
+from mergelab.engine.stream import TensorStream
 from mergelab.methods import MergeMethod, TensorContext
-from mergelab.output import CheckpointOutput
 
 
 class ExpertStatistic(Protocol):
@@ -36,17 +36,6 @@ class ExpertStatistic(Protocol):
     def norm(self) -> float: ...
 
     def get(self, name: str) -> torch.Tensor | None: ...
-
-
-def resolve_device(device: str) -> torch.device:
-    """`auto` is cuda when available, else cpu; `cuda` without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CheckpointError(f"device={device} requested but no CUDA device is available")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise CheckpointError(f"device={device!r} is not one of ['auto', 'cpu', 'cuda']")
-    return torch.device(device)
 
 
 @dataclass(frozen=True)
@@ -69,46 +58,6 @@ class MergeReport:
         if self.peak_device_bytes:
             line += f", peak GPU memory {self.peak_device_bytes / 2**30:.2f} GiB"
         return line + (f" -> {self.out}" if self.out else "")
-
-
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-class TensorStream:
-    """Reads (base, experts) name by name, one name ahead of the consumer, on a background thread.
-
-    Tensors are read as stored (bf16 checkpoints stay bf16), so the tensors read ahead cost half their
-    float32 size; the consumer upcasts, whole or slice by slice (`mergelab.blockwise`).
-    """
-
-    def __init__(self, base: Checkpoint, experts: Sequence[Checkpoint], device: torch.device) -> None:
-        self.base = base
-        self.experts = experts
-        self.device = device
-
-    def _read(self, name: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        return self.base.get(name), [expert.get(name) for expert in self.experts]
-
-    def read(self, names: Sequence[str]) -> Iterator[tuple[str, torch.Tensor, list[torch.Tensor]]]:
-        """(name, base, experts) in `names` order, as stored, on the CPU."""
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergelab-read") as pool:
-            ahead: deque[Future] = deque(pool.submit(self._read, name) for name in names[:1])
-            for index, name in enumerate(names):
-                if index + 1 < len(names):
-                    ahead.append(pool.submit(self._read, names[index + 1]))
-                # No local keeps the tensors: once the consumer drops them they are freed.
-                yield (name, *ahead.popleft().result())
-
-    def float32(self, names: Sequence[str]) -> Iterator[tuple[str, torch.Tensor, list[torch.Tensor]]]:
-        """(name, base, experts) as whole float32 tensors on the compute device."""
-        for name, base, experts in self.read(names):
-            yield name, upcast(base, self.device), [upcast(expert, self.device) for expert in experts]
-
-    def blocks(self, names: Sequence[str]) -> Iterator[tuple[str, TensorBlocks]]:
-        """(name, its values as float32 slices on the compute device) in `names` order."""
-        for name, base, experts in self.read(names):
-            yield name, TensorBlocks(base, experts, self.device)
 
 
 def check_inputs(

@@ -1,0 +1,24 @@
+"""The compute device of a merge and the process's peak memory, for reports."""
+
+from __future__ import annotations
+
+import resource
+
+import torch
+
+from mergelab.engine.checkpoint import CheckpointError
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` is cuda when available, else cpu; `cuda` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CheckpointError(f"device={device} requested but no CUDA device is available")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise CheckpointError(f"device={device!r} is not one of ['auto', 'cpu', 'cuda']")
+    return torch.device(device)
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
