@@ -10,6 +10,7 @@ import torch
 
 from mergelab.engine.checkpoint import Checkpoint, CheckpointError, open_checkpoint, sidecar_files
 from mergelab.engine.device import resolve_device
+from mergelab.engine.lora import is_adapter, open_expert
 from mergelab.engine.merge import MergeReport, check_inputs, merge_checkpoints
 from mergelab.engine.output import CheckpointOutput
 from mergelab.methods import MergeConfigError, MergeMethod, get_method
@@ -50,6 +51,11 @@ def merge_with_report(
     if output is not None:
         output.refuse_inputs(_local_paths([base, *expert_refs]))
     if getattr(merge_method, "whole_model", False):  # PLeaS: whole models, not tensor by tensor
+        adapters = [str(ref) for ref in expert_refs if is_adapter(ref)]
+        if adapters:
+            raise CheckpointError(
+                f"method '{merge_method.name}' merges whole models, not LoRA adapters: {adapters}"
+            )
         from mergelab.pleas.merge import merge_whole_model
 
         return merge_whole_model(
@@ -61,7 +67,7 @@ def merge_with_report(
         base_checkpoint = open_checkpoint(base, "base")
         opened.append(base_checkpoint)
         for index, expert in enumerate(expert_refs):
-            opened.append(open_checkpoint(expert, f"expert {index} ({_describe(expert)})"))
+            opened.append(open_expert(expert, base_checkpoint, f"expert {index} ({_describe(expert)})"))
         expert_checkpoints = opened[1:]
         infos, _ = check_inputs(base_checkpoint, expert_checkpoints, merge_method, device)
         statistics = _expert_statistics(
