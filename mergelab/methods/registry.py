@@ -13,13 +13,32 @@ from typing import Any
 
 from mergelab.methods.average import Average
 from mergelab.methods.base import MergeConfigError, MergeMethod
+from mergelab.methods.breadcrumbs import Breadcrumbs
 from mergelab.methods.dare import Dare
+from mergelab.methods.della import Della
 from mergelab.methods.fisher import Fisher
+from mergelab.methods.iso_c import IsoC
+from mergelab.methods.model_stock import ModelStock
 from mergelab.methods.regmean import RegMean
+from mergelab.methods.slerp import Slerp
 from mergelab.methods.task_arithmetic import TaskArithmetic
 from mergelab.methods.ties import Ties
+from mergelab.methods.tsv import Tsv
 
-TENSOR_METHODS: tuple[type[MergeMethod], ...] = (Average, TaskArithmetic, Ties, Dare, Fisher, RegMean)
+TENSOR_METHODS: tuple[type[MergeMethod], ...] = (
+    Average,
+    TaskArithmetic,
+    Ties,
+    Dare,
+    Fisher,
+    RegMean,
+    Slerp,
+    Breadcrumbs,
+    Della,
+    ModelStock,
+    Tsv,
+    IsoC,
+)
 # name -> "module:class" of a whole-model method, imported on first lookup
 WHOLE_MODEL_METHODS: dict[str, str] = {"pleas": "mergelab.pleas.method:Pleas"}
 

@@ -41,7 +41,12 @@ def _cut_bin(histogram: Tensor, keep: int) -> tuple[int, int]:
 
 def tensor_trim_rule(magnitude: Tensor, density: float) -> TrimRule:
     """The rule keeping exactly `int(density * n)` of this tensor's largest magnitudes."""
-    selector = MagnitudeSelector(keep_count(magnitude.numel(), density))
+    return count_trim_rule(magnitude, keep_count(magnitude.numel(), density))
+
+
+def count_trim_rule(magnitude: Tensor, keep: int) -> TrimRule:
+    """The rule keeping exactly `keep` of this tensor's largest magnitudes (ties first in flattened order)."""
+    selector = MagnitudeSelector(keep)
     selector.observe(magnitude)
     selector.next_pass()
     selector.observe(magnitude)
