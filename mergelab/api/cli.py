@@ -54,7 +54,7 @@ def help_text() -> str:
     ]
     for name, method in METHODS.items():
         options = ", ".join(f"{field.name}={field.default}" for field in dataclasses.fields(method.Params))
-        lines.append(f"  {name:<16} {options}")
+        lines.append(f"  {name:<16} {options or '(no options)'}")
     return "\n".join(lines)
 
 

@@ -12,7 +12,8 @@ on the SVD routine. Here `sigma_bar` stays the mean over all singular values (ze
 but only the components with nonzero singular values carry it; for a full-rank sum nothing changes.
 
 Default `scale` 1.0: the paper selects alpha on validation data (the authors' script sweeps (0, 3]); 1.0 is
-the default of the FusionBench implementation, and `select=validation` reproduces the search.
+the default of the FusionBench implementation; `select=validation` with a `select_grid.iso_c.scale` grid
+reproduces the search.
 """
 
 from __future__ import annotations
