@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import mergelab
-from mergelab import blockwise
-from mergelab.blockwise import merge_blockwise
+from mergelab.engine import blockwise
+from mergelab.engine.blockwise import merge_blockwise
 from mergelab.methods import MergeConfigError, TensorContext, get_method
 from mergelab.methods.breadcrumbs import breadcrumbs_mask
 from mergelab.methods.dare import mask_seed
