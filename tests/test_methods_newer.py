@@ -125,6 +125,16 @@ def test_breadcrumbs_ties_combine_elects_signs():
     assert torch.equal(ties, t(-1, -3, -2.5, 0))
 
 
+def test_breadcrumbs_and_della_weights_apply_after_election():
+    base, experts = t(0), [t(3), t(-2)]  # one entry, density 1: nothing is dropped; the sum elects +
+    ties = get_method("breadcrumbs", density=1.0, combine="ties", weights=[1, 10]).merge(base, experts, CTX)
+    linear = get_method("breadcrumbs", density=1.0, weights=[1, 10]).merge(base, experts, CTX)
+    assert torch.equal(ties, t(3)) and torch.equal(linear, t(3 - 20))
+    # DELLA's disjoint mean is weighted: (1 * 2 + 3 * 6) / (1 + 3) = 5.
+    della = get_method("della", density=1.0, epsilon=0.0, weights=[1, 3]).merge(t(0), [t(2), t(6)], CTX)
+    assert torch.equal(della, t(5))
+
+
 def test_breadcrumbs_mask_ties_and_budget_overflow():
     # Three tied 3s: the first in flattened order is the outlier, the next two are kept.
     mask = breadcrumbs_mask(t(3, 3, 3, 1, 0), density=0.4, gamma=0.2)

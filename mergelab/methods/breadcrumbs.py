@@ -9,7 +9,8 @@ order ranks an earlier entry higher. The sparse task vectors are combined by tas
 `theta_base + scale * sum_i w_i tau_i` (`combine: linear`, the paper and mergekit's `breadcrumbs`), or with
 TIES sign election (sign of the sum of the sparse values, zeros to the tensor's majority) and the weighted
 sum of the agreeing entries (`combine: ties`, mergekit's `breadcrumbs_ties` with its default
-`normalize: false`).
+`normalize: false`). Expert weights scale the task vectors after sign election, as in `ties` (mergekit
+elects on weighted values).
 
 Unlike mergekit, a tensor with `int(gamma * n) = 0` keeps its `density` fraction: mergekit's slice
 `[n_bottom:-n_top]` is empty when `n_top` is 0, which drops every entry of tensors under `1 / gamma` entries.

@@ -14,7 +14,7 @@ The sparse task vectors are then fused as in TIES (`combine: ties`, the paper's 
 sign of the sum of the rescaled values, zeros to the tensor's majority, weighted mean of the agreeing
 entries, mergekit's `della` with `normalize: true`) or summed with their weights (`combine: linear`,
 mergekit's `della_linear`); the result is `theta_base + scale * merged` (`scale` is the paper's and
-mergekit's `lambda`).
+mergekit's `lambda`). Expert weights scale the task vectors after sign election, as in `ties`.
 """
 
 from __future__ import annotations

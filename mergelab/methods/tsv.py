@@ -6,7 +6,8 @@ concatenated side by side into `U`, the `V_i` into `V`, the singular values into
 replaced by their nearest orthonormal matrices (orthogonal Procrustes, `U_perp = P Q^T` from `svd(U)`), which
 removes the interference between tasks' singular vectors; the merged task matrix is `U_perp S V_perp^T` and
 the result `theta_base + scale * merged`. Tensors that are not 2-D (biases, norms) take the mean of the task
-vectors, as the authors' code (`torch.mean` over tasks), so `theta_base + scale * mean_i tau_i`.
+vectors, as the authors' code (`torch.mean` over tasks), so `theta_base + scale * mean_i tau_i`. With more
+experts than `min(rows, cols)`, `k` is 0 and the matrix keeps the base.
 
 Components whose singular value is zero to rounding (a low-rank task matrix, e.g. a LoRA update) are left
 out: their singular vectors are arbitrary and would move the others through the orthogonalization; for
