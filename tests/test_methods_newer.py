@@ -450,3 +450,29 @@ def test_model_stock_merges_a_tensor_above_the_real_slice_size_whole():
     experts = [{"w": base["w"] + shared + torch.randn(rows, 1024, generator=generator)} for _ in range(2)]
     merged = mergelab.merge(base, experts, "model_stock", device="cpu", progress=False)
     assert torch.allclose(merged["w"], paper_model_stock(base["w"], [e["w"] for e in experts]), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NEW_METHODS)
+def test_merged_llama_checkpoint_loads_and_runs(name, llama_family, tmp_path):
+    """A real `transformers` checkpoint through the engine: written, reloaded, and equal per tensor to the
+    method applied directly to the checkpoints' tensors."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.conftest import state_dicts
+
+    experts = llama_family["experts"][:2]
+    out = mergelab.merge(
+        llama_family["base"], experts, name, out=tmp_path / name, device="cpu", progress=False
+    )
+    model = AutoModelForCausalLM.from_pretrained(out)
+    logits = model(torch.tensor([[1, 5, 9, 2]])).logits
+    assert torch.isfinite(logits).all()
+    base, *expert_sds = state_dicts([llama_family["base"], *experts])
+    merged = state_dicts([out])[0]
+    method = get_method(name)
+    changed = 0
+    for key, value in base.items():
+        direct = method.merge(value.float(), [sd[key].float() for sd in expert_sds], TensorContext(key))
+        assert torch.allclose(merged[key].float(), direct, atol=1e-6), key
+        changed += int(not torch.equal(merged[key], value))
+    assert changed > 0
