@@ -34,7 +34,7 @@ COMBINES = ("ties", "linear")
 
 
 def magnitude_rows(tensor: Tensor) -> Tensor:
-    """The tensor as rows (a view): 2-D as is, 1-D (or 0-D) as one row, higher-D flattened per first dim."""
+    """The tensor reshaped into rows: 2-D as is, 1-D (or 0-D) as one row, higher-D flattened per first dim."""
     if tensor.dim() <= 1:
         return tensor.reshape(1, -1)
     return tensor.reshape(tensor.shape[0], -1)
