@@ -158,7 +158,7 @@ def test_sidecar_files_are_config_generation_config_and_tokenizer(tmp_path):
         "vocab.json",
     ]
     for name in [*wanted, "README.md", "model.safetensors", "training_args.bin", "optimizer.pt"]:
-        (tmp_path / name).write_text("x")
+        (tmp_path / name).write_text("{}" if name.endswith(".json") else "x")
     assert [path.name for path in sidecar_files(tmp_path)] == wanted
     assert sidecar_files(None) == []
 

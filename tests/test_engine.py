@@ -33,10 +33,11 @@ def random_model(seed: int, n_experts: int = 3) -> tuple[dict, list[dict]]:
 
 
 def file_digests(directory) -> dict[str, str]:
+    """Digests of the weights and copied JSON files (not mergelab.json, which names the inputs' paths)."""
     return {
         path.name: hashlib.sha256(path.read_bytes()).hexdigest()
         for path in sorted(directory.iterdir())
-        if path.suffix in {".safetensors", ".json"}
+        if path.suffix in {".safetensors", ".json"} and path.name != "mergelab.json"
     }
 
 

@@ -53,7 +53,7 @@ def test_job_keys_are_parsed_with_hydra_grammar():
         ),
         (["base=/b", "experts=/a", "out=/o"], "experts must be a list"),
         (["+base=/b"], "write base=VALUE, without + or ~"),
-        (["base=/b", "experts=[/a]", "out=/o", "overwrite=maybe"], "overwrite must be true or false"),
+        (["base=/b", "experts=[/a]", "out=/o", "overwrite=maybe"], "overwrite must be true, false or force"),
     ],
 )
 def test_bad_job_options_are_named(overrides, message, capsys):

@@ -31,12 +31,14 @@ def help_text() -> str:
     """Usage, an example, and every method with its hyperparameters and their defaults."""
     lines = [
         "usage: mergelab merge merge=METHOD base=DIR 'experts=[A,B,...]' out=DIR [merge.OPTION=VALUE ...]",
-        "                      [device=auto|cpu|cuda] [overwrite=true] [max_shard_size=5GB] [progress=false]",
+        "                      [device=auto|cpu|cuda] [overwrite=true|force] [max_shard_size=5GB] [progress=false]",
         "",
         "Merges experts fine-tuned from one base into a Hugging Face model directory (sharded safetensors,",
         "config and tokenizer copied from the base). base and experts are model directories, safetensors",
         "files or hub ids (a local path always wins). The output is written to a temporary directory beside",
-        "out and renamed into place when complete; an existing out is replaced only with overwrite=true.",
+        "out and renamed into place when complete, with mergelab.json (how it was made) and a README.md",
+        "model card. An existing out is replaced only with overwrite=true when mergelab wrote it (it has",
+        "mergelab.json), or with overwrite=force; an empty directory is fine.",
         "",
         "example: mergelab merge merge=ties base=/m/base 'experts=[/m/a,/m/b]' out=/m/merged merge.density=0.2",
         "",
@@ -98,9 +100,13 @@ def compose_job(overrides: list[str]) -> DictConfig:
         raise MergeConfigError(f"experts must be a list, e.g. 'experts=[/m/a,/m/b]', not {config.experts!r}")
     if config.data is not None and not OmegaConf.is_list(config.data):
         raise MergeConfigError(f"data must be a list, e.g. 'data=[zoo:color,zoo:place]', not {config.data!r}")
-    for key in ("overwrite", "progress"):
-        if not isinstance(config[key], bool):
-            raise MergeConfigError(f"{key} must be true or false, not {config[key]!r}")
+    if not isinstance(config.progress, bool):
+        raise MergeConfigError(f"progress must be true or false, not {config.progress!r}")
+    if not (isinstance(config.overwrite, bool) or config.overwrite == "force"):
+        raise MergeConfigError(f"overwrite must be true, false or force, not {config.overwrite!r}")
+    for key, value in [("base", config.base), ("out", config.out)] + [("experts", e) for e in config.experts]:
+        if not isinstance(value, (str, int)) or isinstance(value, bool) or not str(value).strip():
+            raise MergeConfigError(f"{key}={value!r} is not a path; {key} needs a directory, file or hub id")
     return config
 
 

@@ -8,11 +8,11 @@ from typing import Any
 
 import torch
 
-from mergelab.engine.checkpoint import Checkpoint, CheckpointError, open_checkpoint, sidecar_files
+from mergelab.api.output_options import base_sidecars, open_output
+from mergelab.engine.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from mergelab.engine.device import resolve_device
 from mergelab.engine.lora import is_adapter, open_expert
 from mergelab.engine.merge import MergeReport, check_inputs, merge_checkpoints
-from mergelab.engine.output import CheckpointOutput
 from mergelab.methods import MergeConfigError, MergeMethod, get_method
 
 CheckpointRef = str | Path | Mapping[str, torch.Tensor]
@@ -34,7 +34,7 @@ def merge_with_report(
     out: str | Path | None = None,
     *,
     device: str = "auto",
-    overwrite: bool = False,
+    overwrite: bool | str = False,
     max_shard_size: int | str = "5GB",
     progress: bool = True,
     data: Sequence[str] | None = None,
@@ -47,9 +47,18 @@ def merge_with_report(
     """
     merge_method = build_method(method, hparams)
     expert_refs = _expert_list(experts)
-    output = CheckpointOutput(out, overwrite=overwrite, max_shard_size=max_shard_size) if out else None
-    if output is not None:
-        output.refuse_inputs(_local_paths([base, *expert_refs]))
+    options = {"device": device, "max_shard_size": max_shard_size}
+    if data is not None:
+        options["data"] = list(data)
+    output = open_output(
+        out,
+        overwrite=overwrite,
+        max_shard_size=max_shard_size,
+        method=merge_method,
+        base=base,
+        experts=expert_refs,
+        options=options,
+    )
     if getattr(merge_method, "whole_model", False):  # PLeaS: whole models, not tensor by tensor
         adapters = [str(ref) for ref in expert_refs if is_adapter(ref)]
         if adapters:
@@ -66,6 +75,7 @@ def merge_with_report(
     try:
         base_checkpoint = open_checkpoint(base, "base")
         opened.append(base_checkpoint)
+        sidecars = base_sidecars(base, base_checkpoint) if output is not None else []
         for index, expert in enumerate(expert_refs):
             opened.append(open_expert(expert, base_checkpoint, f"expert {index} ({_describe(expert)})"))
         expert_checkpoints = opened[1:]
@@ -88,7 +98,7 @@ def merge_with_report(
                 statistics=statistics,
             )
         with output:
-            output.start(sorted(infos), infos, sidecar_files(base_checkpoint.directory))
+            output.start(sorted(infos), infos, sidecars)
             _, report = merge_checkpoints(
                 base_checkpoint,
                 expert_checkpoints,
@@ -159,12 +169,6 @@ def _expert_list(experts: Sequence[CheckpointRef]) -> list[CheckpointRef]:
     return list(experts)
 
 
-def _local_paths(references: Sequence[CheckpointRef]) -> list[Path]:
-    """The inputs that are files or directories on this machine."""
-    paths = [Path(ref).expanduser() for ref in references if not isinstance(ref, Mapping)]
-    return [path.resolve() for path in paths if path.exists()]
-
-
 def merge(
     base: CheckpointRef,
     experts: Sequence[CheckpointRef],
@@ -172,7 +176,7 @@ def merge(
     out: str | Path | None = None,
     *,
     device: str = "auto",
-    overwrite: bool = False,
+    overwrite: bool | str = False,
     max_shard_size: int | str = "5GB",
     progress: bool = True,
     data: Sequence[str] | None = None,
@@ -182,7 +186,9 @@ def merge(
 
     `base` and `experts` are model directories, safetensors files, hub ids or state dicts. Returns the
     merged state dict when `out` is None; otherwise writes a Hugging Face model directory to `out` (with
-    the base's config and tokenizer) and returns its path.
+    the base's config and tokenizer, `mergelab.json` recording the merge and a `README.md` model card) and
+    returns its path. An existing `out` is replaced only with `overwrite=True` when mergelab wrote it (it
+    has `mergelab.json`) or with `overwrite="force"`; an empty directory is always fine.
 
     Data-aware methods (fisher, regmean) compute a statistic of each expert on its training data, once, and
     cache it under `$MERGELAB_HOME/stats`: `data` gives one data spec per expert, `zoo:<category>` (the

@@ -12,7 +12,7 @@ import re
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 import torch
@@ -66,12 +66,12 @@ class Checkpoint(Protocol):
 
 
 class StateDictCheckpoint:
-    """An in-memory state dict."""
+    """An in-memory state dict: string names to tensors with data (detached, so autograd never sees a merge)."""
 
     def __init__(self, state_dict: Mapping[str, torch.Tensor], label: str) -> None:
         self.label = label
         self.directory = None
-        self._tensors = dict(state_dict)
+        self._tensors = {name: _checked_tensor(label, name, value) for name, value in state_dict.items()}
 
     def infos(self) -> dict[str, TensorInfo]:
         return {name: TensorInfo(t.dtype, tuple(t.shape)) for name, t in self._tensors.items()}
@@ -81,6 +81,19 @@ class StateDictCheckpoint:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+def _checked_tensor(label: str, name: object, value: object) -> torch.Tensor:
+    """`value` detached from autograd, after checking it is a dense tensor with data under a string name."""
+    if not isinstance(name, str):
+        raise CheckpointError(f"{label}: state dict key {name!r} is a {type(name).__name__}, not a string")
+    if not isinstance(value, torch.Tensor):
+        raise CheckpointError(f"{label}: '{name}' is a {type(value).__name__}, not a tensor")
+    if value.is_meta:
+        raise CheckpointError(f"{label}: tensor '{name}' is on the meta device (it has no values)")
+    if value.layout != torch.strided:
+        raise CheckpointError(f"{label}: tensor '{name}' is {value.layout}; only dense tensors can be merged")
+    return value.detach()
 
 
 class SafetensorsCheckpoint:
@@ -145,16 +158,39 @@ class TorchBinCheckpoint(StateDictCheckpoint):
 
 
 def _index_files(directory: Path, index_name: str) -> list[Path]:
+    """The shard files a sharded checkpoint's index names, after checking the index's form and every name."""
     index_path = directory / index_name
     try:
-        weight_map = json.loads(index_path.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError) as error:
-        raise CheckpointError(f"{index_path}: corrupted index ({error})") from None
+        index = json.loads(index_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise CheckpointError(f"{index_path}: corrupted index ({_reason(error)})") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(
+            f"{index_path}: corrupted index (it must be a JSON object whose 'weight_map' maps tensor names "
+            "to shard files)"
+        )
+    for name, file_name in weight_map.items():
+        if not isinstance(file_name, str) or not _is_plain_relative(file_name):
+            raise CheckpointError(
+                f"{index_path}: tensor '{name}' is mapped to {file_name!r}, which is not a file name inside "
+                f"{directory}"
+            )
     files = [directory / name for name in sorted(set(weight_map.values()))]
-    missing = [str(path) for path in files if not path.exists()]
+    missing = [str(path) for path in files if not path.is_file()]
     if missing:
         raise CheckpointError(f"{index_path}: shard file(s) missing: {missing}")
     return files
+
+
+def _is_plain_relative(name: str) -> bool:
+    """A relative path without `..` (no absolute path, drive or parent step can leave the model directory)."""
+    path = PurePosixPath(name.replace("\\", "/"))
+    return bool(name) and not path.is_absolute() and ".." not in path.parts and ":" not in name
+
+
+def _reason(error: BaseException) -> str:
+    return getattr(error, "strerror", None) or str(error) or type(error).__name__
 
 
 def _weight_files(directory: Path, single_name: str, suffix: str) -> list[Path]:
@@ -261,9 +297,28 @@ def _few(names: list[str], limit: int = 5) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def sidecar_files(directory: Path | None) -> list[Path]:
-    """The base's config, generation config and tokenizer files to copy next to merged weights."""
+def sidecar_files(directory: Path | None, *, require_config: bool = False) -> list[Path]:
+    """The base's config, generation config and tokenizer files to copy next to merged weights.
+
+    Every JSON file among them must parse (`config.json` as an object), so an output is never left with a
+    config that cannot be loaded; `require_config` (the base is a model directory) makes `config.json`
+    mandatory.
+    """
     if directory is None:
         return []
-    found = {path for pattern in SIDECAR_PATTERNS for path in directory.glob(pattern) if path.is_file()}
-    return sorted(found)
+    found = sorted(
+        {path for pattern in SIDECAR_PATTERNS for path in directory.glob(pattern) if path.is_file()}
+    )
+    config = directory / "config.json"
+    if require_config and config not in found:
+        raise CheckpointError(f"{config}: missing; the base model directory needs a config.json")
+    for path in found:
+        if path.suffix != ".json":
+            continue
+        try:
+            parsed = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+            raise CheckpointError(f"{path}: not valid JSON ({_reason(error)})") from None
+        if path == config and not isinstance(parsed, dict):
+            raise CheckpointError(f"{path}: not a JSON object ({type(parsed).__name__})")
+    return found

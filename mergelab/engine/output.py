@@ -2,7 +2,9 @@
 
 The shard plan is made before merging from the tensors' names, dtypes and shapes, so every shard's header is
 written up front and tensors are appended as they are produced. Nothing appears at the output path until
-the checkpoint is complete; any failure (including a full disk) removes the temporary directory.
+the checkpoint is complete; any failure (including a full disk, or a SIGTERM) removes the temporary
+directory. The finished directory gets `mergelab.json` and a model card (`mergelab.engine.provenance`), and
+`mergelab.engine.placement` decides what may be replaced and puts it in place.
 """
 
 from __future__ import annotations
@@ -10,17 +12,27 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import os
 import re
-import secrets
 import shutil
-from collections.abc import Sequence
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from mergelab.engine.checkpoint import SAFETENSORS_INDEX, CheckpointError, TensorInfo
+from mergelab.engine.placement import (
+    check_name_length,
+    check_overwrite,
+    check_replaceable,
+    new_sibling_path,
+    put_in_place,
+    recover,
+)
+from mergelab.engine.provenance import write_provenance
 from mergelab.engine.safetensors_io import PlannedTensor, SafetensorsWriter, tensor_nbytes
+from mergelab.engine.termination import clean_exit_on_sigterm
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
@@ -56,30 +68,39 @@ def _shard_name(index: int, count: int) -> str:
 
 
 class CheckpointOutput:
-    """Writes a merged model directory atomically. Use as a context manager around the merge."""
+    """Writes a merged model directory atomically. Use as a context manager around the merge.
+
+    `overwrite` is False, True (replace an earlier mergelab output) or "force" (replace anything); an empty
+    directory is always replaced. `provenance` is the `mergelab.json` record written with the checkpoint;
+    `inputs` are the merge's local input paths, which the output may neither be nor contain.
+    Opening an output first cleans up after dead runs that wrote to the same path (see `placement.recover`).
+    """
 
     def __init__(
-        self, out: str | Path, *, overwrite: bool = False, max_shard_size: int | str = "5GB"
+        self,
+        out: str | Path,
+        *,
+        overwrite: bool | str = False,
+        max_shard_size: int | str = "5GB",
+        provenance: Mapping[str, Any] | None = None,
+        inputs: Sequence[Path] = (),
     ) -> None:
+        self.overwrite = check_overwrite(overwrite)
         self.final_path = Path(out).expanduser().resolve()
-        self.overwrite = overwrite
         self.max_shard_bytes = parse_size(max_shard_size)
+        self.provenance = provenance
         self.bytes_written = 0
         self.temp_path: Path | None = None
         self._writers: list[SafetensorsWriter] = []
         self._shard_of: dict[str, int] = {}
-        if self.final_path.exists() and not overwrite:
-            raise CheckpointError(
-                f"output {self.final_path} already exists; pass overwrite=true to replace it"
-            )
+        self._exit_stack = contextlib.ExitStack()
+        check_name_length(self.final_path)
+        self._refuse_inputs(inputs)
+        for note in recover(self.final_path):
+            print(f"mergelab: warning: {note}", file=sys.stderr)
+        check_replaceable(self.final_path, self.overwrite)
 
-    def _fresh_sibling(self, kind: str) -> Path:
-        """A new hidden directory beside the output (created with the umask's permissions, unlike mkdtemp)."""
-        path = self.final_path.parent / f".{self.final_path.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
-        path.mkdir()
-        return path
-
-    def refuse_inputs(self, inputs: Sequence[Path]) -> None:
+    def _refuse_inputs(self, inputs: Sequence[Path]) -> None:
         """Refuse an output that is, or contains, one of the inputs (replacing it would destroy an input)."""
         for path in inputs:
             if path == self.final_path or self.final_path in path.parents:
@@ -90,9 +111,11 @@ class CheckpointOutput:
     def __enter__(self) -> CheckpointOutput:
         try:
             self.final_path.parent.mkdir(parents=True, exist_ok=True)
-            self.temp_path = self._fresh_sibling("partial")
+            self.temp_path = new_sibling_path(self.final_path, "partial")
+            self.temp_path.mkdir()  # with the umask's permissions, unlike mkdtemp
         except OSError as error:
             raise CheckpointError(f"output {self.final_path} is not writable ({error.strerror})") from None
+        self._exit_stack.enter_context(clean_exit_on_sigterm())
         return self
 
     def __exit__(self, exc_type, exc, traceback) -> None:
@@ -101,6 +124,7 @@ class CheckpointOutput:
             with contextlib.suppress(OSError):  # flushing what is left fails again on a full disk
                 writer.close()
         shutil.rmtree(self.temp_path, ignore_errors=True)
+        self._exit_stack.close()
         if isinstance(exc, OSError):
             raise _write_error(self.final_path, exc) from None
 
@@ -134,18 +158,10 @@ class CheckpointOutput:
             raise CheckpointError(f"merge ended before shards {incomplete} were complete")
         for writer in self._writers:
             writer.close()
-        if self.final_path.exists() or self.final_path.is_symlink():
-            retired = self._fresh_sibling("old")
-            self.final_path.rename(retired / self.final_path.name)
-            try:
-                self.temp_path.rename(self.final_path)
-            except OSError:
-                (retired / self.final_path.name).rename(self.final_path)  # put the old output back
-                raise
-            finally:
-                shutil.rmtree(retired, ignore_errors=True)
-        else:
-            self.temp_path.rename(self.final_path)
+        if self.provenance is not None:
+            write_provenance(self.temp_path, self.provenance)
+        check_replaceable(self.final_path, self.overwrite)  # something may have appeared there meanwhile
+        put_in_place(self.temp_path, self.final_path)
         return self.final_path
 
 

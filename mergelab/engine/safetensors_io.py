@@ -62,6 +62,11 @@ def tensor_nbytes(dtype: torch.dtype, shape: Iterable[int]) -> int:
     return math.prod(shape) * element_size(dtype)
 
 
+def _is_count(value: object) -> bool:
+    """A non-negative JSON integer (not a bool, float or string)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 class SafetensorsReader:
     """An open safetensors file whose tensors are read on demand."""
 
@@ -71,44 +76,86 @@ class SafetensorsReader:
         self._file = open(self.path, "rb")  # noqa: SIM115 - closed by close()
 
     def _read_header(self) -> dict[str, TensorEntry]:
-        size = self.path.stat().st_size
-        with open(self.path, "rb") as handle:
-            prefix = handle.read(8)
-            if len(prefix) < 8:
-                raise SafetensorsError(f"{self.path}: truncated safetensors file ({size} bytes, no header)")
-            header_bytes = int.from_bytes(prefix, "little")
-            if header_bytes > min(size - 8, _MAX_HEADER_BYTES):
-                raise SafetensorsError(
-                    f"{self.path}: corrupted or truncated safetensors file "
-                    f"(header claims {header_bytes} bytes, file has {size})"
-                )
-            try:
-                header = json.loads(handle.read(header_bytes))
-            except (UnicodeDecodeError, json.JSONDecodeError) as error:
-                raise SafetensorsError(f"{self.path}: corrupted safetensors header ({error})") from None
-        data_start = 8 + header_bytes
-        entries: dict[str, TensorEntry] = {}
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            entries[name] = self._entry(name, info, data_start)
-        data_end = max((entry.end for entry in entries.values()), default=data_start)
-        if data_end > size:
+        """The tensors' entries, after the checks the reference `safetensors` library makes: a JSON object
+        header in UTF-8, known dtypes, non-negative integer shapes whose byte size matches the offsets, and
+        data offsets that tile the data section exactly (no overlap, no gap, nothing past the end or after)."""
+        try:
+            size = self.path.stat().st_size
+            with open(self.path, "rb") as handle:
+                prefix = handle.read(8)
+                if len(prefix) < 8:
+                    raise SafetensorsError(
+                        f"{self.path}: truncated safetensors file ({size} bytes, no header)"
+                    )
+                header_bytes = int.from_bytes(prefix, "little")
+                if header_bytes > min(size - 8, _MAX_HEADER_BYTES):
+                    raise SafetensorsError(
+                        f"{self.path}: corrupted or truncated safetensors file "
+                        f"(header claims {header_bytes} bytes, file has {size})"
+                    )
+                raw = handle.read(header_bytes)
+        except OSError as error:
+            raise SafetensorsError(f"{self.path}: cannot read ({error.strerror or error})") from None
+        try:
+            header = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+            raise SafetensorsError(f"{self.path}: corrupted safetensors header ({error})") from None
+        if not isinstance(header, dict):
+            raise SafetensorsError(f"{self.path}: corrupted safetensors header (not a JSON object)")
+        metadata = header.pop("__metadata__", {})
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
             raise SafetensorsError(
-                f"{self.path}: truncated safetensors file (tensors need {data_end} bytes, file has {size})"
+                f"{self.path}: corrupted safetensors header (__metadata__ must map names to strings)"
             )
+        data_start = 8 + header_bytes
+        entries = {name: self._entry(name, info, data_start) for name, info in header.items()}
+        self._check_layout(entries, data_start, size - data_start)
         return entries
 
-    def _entry(self, name: str, info: dict, data_start: int) -> TensorEntry:
-        try:
-            dtype = DTYPES[info["dtype"]]
-            shape = tuple(int(dim) for dim in info["shape"])
-            begin, end = (int(offset) for offset in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise SafetensorsError(f"{self.path}: corrupted safetensors entry for tensor '{name}'") from None
+    def _entry(self, name: str, info: object, data_start: int) -> TensorEntry:
+        def corrupted(reason: str) -> SafetensorsError:
+            return SafetensorsError(
+                f"{self.path}: corrupted safetensors entry for tensor '{name}' ({reason})"
+            )
+
+        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+            raise corrupted("needs dtype, shape and data_offsets")
+        dtype = DTYPES.get(info["dtype"]) if isinstance(info["dtype"], str) else None
+        if dtype is None:
+            raise corrupted(f"unknown or unsupported dtype {info['dtype']!r}")
+        shape, offsets = info["shape"], info["data_offsets"]
+        if not isinstance(shape, list) or not all(_is_count(dim) for dim in shape):
+            raise corrupted(f"shape {shape!r} is not a list of non-negative integers")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
+            raise corrupted(f"data_offsets {offsets!r} is not two non-negative integers")
+        begin, end = offsets
+        if end < begin:
+            raise corrupted(f"data_offsets {offsets} end before they begin")
         if end - begin != tensor_nbytes(dtype, shape):
-            raise SafetensorsError(f"{self.path}: corrupted safetensors entry for tensor '{name}' (bad size)")
-        return TensorEntry(dtype, shape, data_start + begin, data_start + end)
+            raise corrupted(
+                f"bad size: shape {shape} of {info['dtype']} needs {tensor_nbytes(dtype, shape)} bytes, "
+                f"the offsets give {end - begin}"
+            )
+        return TensorEntry(dtype, tuple(shape), data_start + begin, data_start + end)
+
+    def _check_layout(self, entries: dict[str, TensorEntry], data_start: int, data_bytes: int) -> None:
+        """The tensors' byte ranges, sorted, must cover the data section exactly once."""
+        position = 0
+        for name, entry in sorted(entries.items(), key=lambda item: (item[1].start, item[1].end)):
+            begin = entry.start - data_start
+            if begin != position:
+                what = "overlaps the tensor before it" if begin < position else "leaves a gap before it"
+                raise SafetensorsError(f"{self.path}: corrupted safetensors file (tensor '{name}' {what})")
+            position = begin + entry.nbytes
+        if position > data_bytes:
+            raise SafetensorsError(
+                f"{self.path}: truncated safetensors file "
+                f"(tensors need {position} data bytes, file has {data_bytes})"
+            )
+        if position < data_bytes:
+            raise SafetensorsError(
+                f"{self.path}: corrupted safetensors file ({data_bytes - position} bytes after the last tensor)"
+            )
 
     def get(self, name: str) -> torch.Tensor:
         """A fresh CPU tensor holding `name`'s values."""

@@ -10,12 +10,13 @@ study's fragments into one DataFrame with the schema below (one row per run, tas
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from mergelab.engine.provenance import git_commit  # noqa: F401  (re-exported: result rows record it)
 
 SCHEMA = pa.schema(
     [
@@ -116,21 +117,3 @@ def load(study: str, results_dir: str | Path | None = None) -> pd.DataFrame:
     if not paths:
         return empty_frame()
     return pd.concat([read_fragment(path) for path in paths], ignore_index=True)
-
-
-def git_commit() -> str:
-    """The commit of the mergelab checkout (with '-dirty' for local changes), or 'unknown'."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("-dirty" if dirty else "")

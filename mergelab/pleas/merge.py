@@ -199,6 +199,7 @@ def merge_whole_model(
     from mergelab.engine.device import peak_rss_bytes, resolve_device
 
     directories, stored = _directories(method, base, experts)
+    sidecars = sidecar_files(directories[0], require_config=True) if output is not None else []
     compute = resolve_device(device)
     if compute.type == "cuda":
         torch.cuda.reset_peak_memory_stats(compute)
@@ -210,7 +211,7 @@ def merge_whole_model(
         infos = {name: TensorInfo(tensor.dtype, tuple(tensor.shape)) for name, tensor in state_dict.items()}
         model.config.dtype = state_dict["model.embed_tokens.weight"].dtype
         with output:
-            output.start(sorted(infos), infos, sidecar_files(directories[0]))
+            output.start(sorted(infos), infos, sidecars)
             model.config.save_pretrained(output.temp_path)  # the merged shape, over the base's config
             for name in sorted(state_dict):
                 output.write(name, state_dict[name])
