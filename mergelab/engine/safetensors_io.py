@@ -67,6 +67,15 @@ def _is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def _unique_names(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object whose names are all different (a repeated name would make the header ambiguous)."""
+    names = [name for name, _ in pairs]
+    if len(set(names)) != len(names):
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        raise ValueError(f"{repeated} appears twice")
+    return dict(pairs)
+
+
 class SafetensorsReader:
     """An open safetensors file whose tensors are read on demand."""
 
@@ -97,8 +106,8 @@ class SafetensorsReader:
         except OSError as error:
             raise SafetensorsError(f"{self.path}: cannot read ({error.strerror or error})") from None
         try:
-            header = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+            header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_names)
+        except (ValueError, RecursionError) as error:  # bad UTF-8, bad JSON, a name twice, nesting
             raise SafetensorsError(f"{self.path}: corrupted safetensors header ({error})") from None
         if not isinstance(header, dict):
             raise SafetensorsError(f"{self.path}: corrupted safetensors header (not a JSON object)")
