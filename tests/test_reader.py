@@ -193,12 +193,16 @@ def test_a_shard_that_is_a_directory_is_named(tmp_path):
         read_all_with_mergelab(directory)
 
 
-def test_state_dict_tensors_that_require_grad_are_detached():
+@pytest.mark.parametrize(
+    ("method", "hparams"), [("task_arithmetic", {"scale": 0.5}), ("ties", {"density": 1.0})]
+)
+def test_state_dict_tensors_that_require_grad_are_detached(method, hparams):
     base = {"w": torch.zeros(3, requires_grad=True)}
     expert = {"w": torch.ones(3, requires_grad=True)}
-    merged = merge(base, [expert], "task_arithmetic", progress=False, scale=0.5)
+    merged = merge(base, [expert], method, progress=False, **hparams)
     assert not merged["w"].requires_grad and merged["w"].grad_fn is None
-    assert torch.equal(merged["w"], torch.full((3,), 0.5))
+    # task arithmetic: 0 + 0.5 * 1; TIES with one expert keeping everything: 0 + 1 * 1
+    assert torch.equal(merged["w"], torch.full((3,), 0.5 if method == "task_arithmetic" else 1.0))
 
 
 @pytest.mark.parametrize(
