@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -13,6 +14,7 @@ from safetensors.torch import load_file
 from mergelab.api.merging import merge
 from mergelab.cli import main as cli
 from mergelab.engine import provenance
+from mergelab.engine.checkpoint import CheckpointError
 from mergelab.experiment import results
 from tests.test_engine import file_digests
 
@@ -113,3 +115,8 @@ def test_git_commit_lives_below_the_experiment_layer():
     assert results.git_commit is provenance.git_commit
     commit = provenance.git_commit()
     assert commit == "unknown" or len(commit.split("-")[0]) == 40
+
+
+def test_a_hyperparameter_that_cannot_be_recorded_is_refused_before_any_work(tmp_path):
+    with pytest.raises(CheckpointError, match="must be numbers, strings, booleans or lists"):
+        provenance.merge_record("average", {"weights": object()}, {}, [{}], {})

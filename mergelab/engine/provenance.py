@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from mergelab.engine.checkpoint import CheckpointError
+
 PROVENANCE_FILE = "mergelab.json"
 MODEL_CARD_FILE = "README.md"
 STATE_DICT_INPUT = "<state dict>"
@@ -66,7 +68,7 @@ def merge_record(
 ) -> dict[str, Any]:
     """The `mergelab.json` content for one merge: `hparams` are the method's resolved hyperparameters and
     `options` the merge options that exist (device, max_shard_size, ...)."""
-    return {
+    record = {
         "mergelab_version": mergelab_version(),
         "git_commit": git_commit(),
         "merge": {
@@ -77,6 +79,14 @@ def merge_record(
             "options": _plain(dict(options)),
         },
     }
+    try:
+        json.dumps(record)
+    except (TypeError, ValueError) as error:  # checked before any work, not when the output is finished
+        raise CheckpointError(
+            f"method '{method}': hyperparameters and options must be numbers, strings, booleans or lists "
+            f"of them to be recorded in {PROVENANCE_FILE} ({error})"
+        ) from None
+    return record
 
 
 def _plain(value: Any) -> Any:
