@@ -178,6 +178,13 @@ def test_malformed_index_files_are_named(tmp_path, index, message):
         read_all_with_mergelab(directory)
 
 
+def test_an_index_naming_the_wrong_shard_is_named(tmp_path):
+    directory = shard_directory(tmp_path, {"w": "model-00001-of-00001.safetensors", "v": "other.safetensors"})
+    save_file({"u": torch.ones(1)}, directory / "other.safetensors")
+    with pytest.raises(CheckpointError, match="tensor\\(s\\) not in the shard the index names: 'v'"):
+        read_all_with_mergelab(directory)
+
+
 def test_an_index_that_is_a_directory_is_named(tmp_path):
     directory = shard_directory(tmp_path, {})
     (directory / "model.safetensors.index.json").unlink()

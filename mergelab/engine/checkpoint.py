@@ -124,6 +124,11 @@ class SafetensorsCheckpoint:
             for name, reader in self._where.items()
         }
 
+    def file_of(self, name: str) -> Path | None:
+        """The file holding tensor `name`, or None when no file does."""
+        reader = self._where.get(name)
+        return None if reader is None else reader.path
+
     def get(self, name: str) -> torch.Tensor:
         try:
             return self._where[name].get(name)
@@ -159,6 +164,11 @@ class TorchBinCheckpoint(StateDictCheckpoint):
 
 def _index_files(directory: Path, index_name: str) -> list[Path]:
     """The shard files a sharded checkpoint's index names, after checking the index's form and every name."""
+    return sorted({directory / name for name in _weight_map(directory, index_name).values()})
+
+
+def _weight_map(directory: Path, index_name: str) -> dict[str, str]:
+    """The index's map from tensor names to shard files, each checked to be an existing file inside `directory`."""
     index_path = directory / index_name
     try:
         index = json.loads(index_path.read_text())
@@ -180,7 +190,22 @@ def _index_files(directory: Path, index_name: str) -> list[Path]:
     missing = [str(path) for path in files if not path.is_file()]
     if missing:
         raise CheckpointError(f"{index_path}: shard file(s) missing: {missing}")
-    return files
+    return weight_map
+
+
+def _open_indexed_safetensors(directory: Path, label: str) -> SafetensorsCheckpoint:
+    """A sharded safetensors checkpoint whose every indexed tensor is in the shard its index names."""
+    weight_map = _weight_map(directory, SAFETENSORS_INDEX)
+    checkpoint = SafetensorsCheckpoint(_index_files(directory, SAFETENSORS_INDEX), label, directory)
+    misplaced = [
+        name for name, file_name in weight_map.items() if checkpoint.file_of(name) != directory / file_name
+    ]
+    if misplaced:
+        checkpoint.close()
+        raise CheckpointError(
+            f"{directory / SAFETENSORS_INDEX}: tensor(s) not in the shard the index names: {_few(sorted(misplaced))}"
+        )
+    return checkpoint
 
 
 def _is_plain_relative(name: str) -> bool:
@@ -205,7 +230,7 @@ def _weight_files(directory: Path, single_name: str, suffix: str) -> list[Path]:
 def _open_directory(directory: Path, label: str) -> Checkpoint:
     """Safetensors first (index, `model.safetensors`, any `*.safetensors`), then `.bin` in the same order."""
     if (directory / SAFETENSORS_INDEX).exists():
-        return SafetensorsCheckpoint(_index_files(directory, SAFETENSORS_INDEX), label, directory)
+        return _open_indexed_safetensors(directory, label)
     safetensors_files = _weight_files(directory, "model.safetensors", ".safetensors")
     if safetensors_files:
         return SafetensorsCheckpoint(safetensors_files, label, directory)

@@ -59,7 +59,7 @@ def _name_limit(directory: Path) -> int:
         directory = directory.parent
     try:
         return os.pathconf(directory, "PC_NAME_MAX")
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows) or no such setting
         return 255
 
 
