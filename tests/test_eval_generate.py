@@ -8,7 +8,14 @@ import pytest
 import torch
 from datasets import Dataset
 
-from mergelab.eval import evaluate_task, exact_match, greedy_generate, normalize_answer
+from mergelab.eval import (
+    evaluate_task,
+    evaluate_task_outcome,
+    exact_match,
+    exact_matches,
+    greedy_generate,
+    normalize_answer,
+)
 from tests.test_eval import WORDS, bigram_llama, bigram_table, random_llama, word_tokenizer
 
 # ":" -> a -> b -> <eos>;  "?" -> c -> d -> c -> ... (never stops);  "h" -> <eos> at once
@@ -92,6 +99,13 @@ def test_generation_task_scores_exact_match_and_catches_run_on_answers(tokenizer
     assert score == pytest.approx(2 / 4)  # "a b" right, "" right, "a b" != "a", "c d c d" != "c d c"
     assert evaluate_task(rigged, tokenizer, dataset, "generation", max_new_tokens=3, progress=False) == 3 / 4
     assert evaluate_task(rigged, tokenizer, dataset, "generation", max_examples=1, progress=False) == 1.0
+    outcome = evaluate_task_outcome(rigged, tokenizer, dataset, "generation", progress=False)
+    assert (outcome.score, outcome.correct, outcome.examples) == (0.5, [1, 0, 1, 0], [0, 1, 2, 3])
+
+
+def test_exact_matches_per_example():
+    assert exact_matches([" a  b ", "c", "d"], ["a b", "C", "d"]) == [1, 0, 1]
+    assert exact_matches([], []) == []
 
 
 def test_bad_generation_arguments_are_named(tokenizer, rigged):

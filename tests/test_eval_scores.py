@@ -12,6 +12,7 @@ from mergelab.eval import (
     aggregate,
     category_mean,
     evaluate_task,
+    evaluate_task_outcome,
     evaluate_tasks,
     exact_match,
     metric_path,
@@ -54,6 +55,23 @@ def test_classification_accuracy_follows_the_scoring_rule(tokenizer, model):
         == 1 / 4
     )
     assert evaluate_task(model, tokenizer, dataset, "classification", max_examples=2, progress=False) == 1 / 2
+
+
+def test_classification_outcome_gives_per_example_correctness_and_entities(tokenizer, model):
+    dataset = classification_dataset()
+    # summed log-prob picks " c" everywhere: right where the label points at " c" (examples 0, 2, 3)
+    outcome = evaluate_task_outcome(model, tokenizer, dataset, "classification", progress=False)
+    assert (outcome.score, outcome.correct, outcome.examples, outcome.clusters) == (
+        3 / 4,
+        [1, 0, 1, 1],
+        [0, 1, 2, 3],
+        None,
+    )
+    with_entities = dataset.add_column("entity", ["ann", "bob", "ann", "cy"])
+    outcome = evaluate_task_outcome(
+        model, tokenizer, with_entities, "classification", max_examples=3, progress=False
+    )
+    assert outcome.correct == [1, 0, 1] and outcome.clusters == ["ann", "bob", "ann"]
 
 
 def test_evaluate_tasks_returns_one_score_per_named_task(tokenizer, model):

@@ -93,11 +93,14 @@ def normalize_answer(text: str) -> str:
     return " ".join(text.split())
 
 
-def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Fraction of predictions equal to their reference after `normalize_answer` (0.0 when empty)."""
+def exact_matches(predictions: Sequence[str], references: Sequence[str]) -> list[int]:
+    """Per example, 1 where the prediction equals its reference after `normalize_answer`, else 0."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
-    if not references:
-        return 0.0
-    hits = sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(predictions, references))
-    return hits / len(references)
+    return [int(normalize_answer(p) == normalize_answer(r)) for p, r in zip(predictions, references)]
+
+
+def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Fraction of predictions equal to their reference after `normalize_answer` (0.0 when empty)."""
+    hits = exact_matches(predictions, references)
+    return sum(hits) / len(hits) if hits else 0.0

@@ -1,7 +1,13 @@
-"""Per-task evaluation: accuracy by rank classification or exact match by greedy generation."""
+"""Per-task evaluation: accuracy by rank classification or exact match by greedy generation.
+
+`evaluate_task_outcome` also returns what the score averages: each evaluated example's correctness (1 or
+0), its row index in the split, and, when the task data has an `entity` column, the entity it asks about,
+so that confidence intervals can resample examples (or whole entities) instead of trusting one number.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -9,11 +15,22 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mergelab.eval.generate import exact_match, greedy_generate
+from mergelab.eval.generate import exact_matches, greedy_generate
 from mergelab.eval.rank import rank_classification
 
 KINDS = ("classification", "generation")
 METRICS_DIR = Path(__file__).parent / "metrics"
+CLUSTER_COLUMN = "entity"  # examples that share a value are resampled together by the bootstrap
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskOutcome:
+    """A task's score and the per-example correctness it is the mean of."""
+
+    score: float
+    correct: list[int]  # 1 where the model's answer is right, per evaluated example
+    examples: list[int]  # each example's row index in the split
+    clusters: list[str] | None  # each example's entity (`CLUSTER_COLUMN`), None when the data has none
 
 
 def metric_path(name: str) -> str:
@@ -32,7 +49,7 @@ def _columns(dataset, kind: str) -> None:
         raise ValueError(f"{kind} dataset lacks columns {missing}; it has {dataset.column_names}")
 
 
-def evaluate_task(
+def evaluate_task_outcome(
     model,
     tokenizer,
     dataset,
@@ -45,12 +62,14 @@ def evaluate_task(
     device: str | torch.device | None = None,
     progress: bool = True,
     desc: str | None = None,
-) -> float:
-    """Accuracy (kind "classification") or exact match (kind "generation") of `model` on `dataset`, in [0, 1].
+) -> TaskOutcome:
+    """Accuracy (kind "classification") or exact match (kind "generation") of `model` on `dataset`, in
+    [0, 1], with the correctness of every evaluated example.
 
-    `dataset` is a `datasets.Dataset` with the zoo's columns (prompt, target, choices, label); the first
-    `max_examples` rows are used when given. Generation gets `max_new_tokens` = the longest target's token
-    count + 1 unless given (the extra token exposes answers that run on past the target).
+    `dataset` is a `datasets.Dataset` with the zoo's columns (prompt, target, choices, label; optionally
+    `entity`); the first `max_examples` rows are used when given. Generation gets `max_new_tokens` = the
+    longest target's token count + 1 unless given (the extra token exposes answers that run on past the
+    target).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown task kind '{kind}'; valid: {list(KINDS)}")
@@ -72,22 +91,33 @@ def evaluate_task(
             progress=progress,
             desc=desc or "rank",
         )
-        labels = list(dataset["label"])
-        return sum(int(p == label) for p, label in zip(predictions, labels)) / len(labels)
-    targets = list(dataset["target"])
-    if max_new_tokens is None:
-        max_new_tokens = max(len(ids) for ids in tokenizer(targets, add_special_tokens=False).input_ids) + 1
-    outputs = greedy_generate(
-        model,
-        tokenizer,
-        prompts,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        device=device,
-        progress=progress,
-        desc=desc or "generate",
+        correct = [int(p == label) for p, label in zip(predictions, list(dataset["label"]))]
+    else:
+        targets = list(dataset["target"])
+        if max_new_tokens is None:
+            max_new_tokens = (
+                max(len(ids) for ids in tokenizer(targets, add_special_tokens=False).input_ids) + 1
+            )
+        outputs = greedy_generate(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+            desc=desc or "generate",
+        )
+        correct = exact_matches(outputs, targets)
+    clusters = (
+        [str(value) for value in dataset[CLUSTER_COLUMN]] if CLUSTER_COLUMN in dataset.column_names else None
     )
-    return exact_match(outputs, targets)
+    return TaskOutcome(sum(correct) / len(correct), correct, list(range(len(correct))), clusters)
+
+
+def evaluate_task(model, tokenizer, dataset, kind: str, **options) -> float:
+    """The score of `evaluate_task_outcome` alone (same arguments)."""
+    return evaluate_task_outcome(model, tokenizer, dataset, kind, **options).score
 
 
 def evaluate_tasks(
