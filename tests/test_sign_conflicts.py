@@ -9,6 +9,8 @@ from mergelab.studies.sign_conflicts import (
     conflict_fraction,
     draw_sign_conflicts,
     overlap_fraction,
+    random_sign_baseline,
+    random_sign_conflict,
     sign_conflicts,
     sign_pattern_histogram,
 )
@@ -39,6 +41,22 @@ def test_untrimmed_conflicts_by_hand():
     assert conflict_fraction(histogram, [0, 2]) == pytest.approx(1 / 6)
     assert conflict_fraction(histogram, [1, 2]) == pytest.approx(4 / 6)
     assert conflict_fraction(histogram, [0, 1, 2]) == pytest.approx(5 / 6)
+
+
+def test_random_sign_baselines_by_hand():
+    assert [random_sign_conflict(n) for n in (2, 4, 8)] == [0.5, 0.875, 1 - 2**-7]
+    # untrimmed, all three: a0, a1, b0, b1 have 3 nonzero experts (chance 3/4), a2, a3 two (chance 1/2)
+    untrimmed = sign_pattern_histogram(BASE, EXPERTS, density=None)
+    assert random_sign_baseline(untrimmed, [0, 1, 2]) == pytest.approx((4 * 0.75 + 2 * 0.5) / 6)
+    # experts 0, 2 untrimmed are both nonzero at a0, a1, b0, b1
+    assert random_sign_baseline(untrimmed, [0, 2]) == pytest.approx(4 * 0.5 / 6)
+    # trimmed to 3 entries each (see below): a1, a2, a3 have two nonzero experts, b1 three, a0 and b0 none
+    trimmed = sign_pattern_histogram(BASE, EXPERTS, density=0.5)
+    assert random_sign_baseline(trimmed, [0, 1, 2]) == pytest.approx((3 * 0.5 + 0.75) / 6)
+    assert random_sign_baseline(trimmed, [0, 2]) == pytest.approx(2 * 0.5 / 6)
+    table = sign_conflicts(BASE, EXPERTS, densities=(0.5,)).set_index("n_experts")
+    assert table.loc[3, "random_signs"] == 0.75
+    assert table.loc[2, "random_signs_masks"] == pytest.approx((2 * 0.5 + 2 * 0.5 + 2 * 0.5) / 6 / 3)
 
 
 def test_trimmed_conflicts_by_hand():

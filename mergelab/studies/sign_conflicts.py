@@ -7,6 +7,12 @@ trimmed to their top `density` by magnitude over the whole model (exactly as TIE
 global` trims them). For each number of experts every subset of that size is measured, so the table
 gives the mean and the range over subsets.
 
+Null baseline: if every nonzero task-vector entry had an independent fair-coin sign, n experts that are
+all nonzero at a parameter would conflict there with probability 1 - 2^(1-n) (50 / 87.5 / 99.2% for 2 / 4
+/ 8); with the experts' actual masks (after trimming most parameters have fewer than n nonzero experts)
+the expected share is the mean over parameters of 1 - 2^(1-k), k = the number of nonzero experts there.
+Observed shares only say something about the experts when they differ from this baseline.
+
 The checkpoints are read tensor by tensor through the engine's reader: each tensor adds to a histogram of
 (which experts are positive, which are negative) bit patterns, from which any subset's conflict count
 follows without a second pass. The histogram has 4^n bins, so at most `MAX_EXPERTS` experts are measured.
@@ -103,9 +109,31 @@ def overlap_fraction(histogram: Tensor, subset: Sequence[int]) -> float:
     return float(histogram[shared].sum().item() / histogram.sum().item())
 
 
+def random_sign_conflict(n_experts: int) -> float:
+    """Probability that `n_experts` independent fair-coin signs are not all equal: 1 - 2^(1-n)."""
+    return 1.0 - 2.0 ** (1 - n_experts) if n_experts >= 1 else 0.0
+
+
+def random_sign_baseline(histogram: Tensor, subset: Sequence[int]) -> float:
+    """Share of parameters expected to conflict among the experts of `subset` if their nonzero entries
+    kept their masks but took independent fair-coin signs: the mean of 1 - 2^(1-k) over parameters, where
+    k is the number of those experts nonzero there."""
+    positive, negative = _subset_patterns(histogram, subset)
+    nonzero = positive | negative
+    counts = torch.zeros_like(nonzero)
+    for bit in range((histogram.numel().bit_length() - 1) // 2):
+        counts += (nonzero >> bit) & 1
+    chance = torch.where(
+        counts >= 1, 1.0 - 2.0 ** (1 - counts.double()), torch.zeros((), dtype=torch.float64)
+    )
+    return float((histogram.double() * chance).sum().item() / histogram.sum().item())
+
+
 def conflict_table(histogram: Tensor) -> pd.DataFrame:
     """Per number of experts (2..n), over every subset of that size: the mean, min and max conflict
-    fraction, and the mean conflict fraction among the parameters where two or more experts are nonzero."""
+    fraction, the mean conflict fraction among the parameters where two or more experts are nonzero, and
+    the random-sign baselines: `random_signs` = 1 - 2^(1-n) (every expert nonzero everywhere) and
+    `random_signs_masks` (the experts' actual masks, mean over the subsets)."""
     n_experts = (histogram.numel().bit_length() - 1) // 2
     records = []
     for count in range(2, n_experts + 1):
@@ -123,6 +151,9 @@ def conflict_table(histogram: Tensor) -> pd.DataFrame:
                     fraction / overlap if overlap else 0.0 for fraction, overlap in zip(fractions, overlaps)
                 )
                 / len(fractions),
+                "random_signs": random_sign_conflict(count),
+                "random_signs_masks": sum(random_sign_baseline(histogram, subset) for subset in subsets)
+                / len(subsets),
             }
         )
     return pd.DataFrame(records)
@@ -168,7 +199,7 @@ def zoo_sign_conflicts(
 
 def draw_sign_conflicts(table: pd.DataFrame, path: Path) -> Path:
     """% of parameters with a sign conflict vs number of experts, one line per trimming, model and base
-    kind, with the range over subsets shaded."""
+    kind, with the range over subsets shaded and the random-sign baseline 1 - 2^(1-n) dotted."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -187,6 +218,14 @@ def draw_sign_conflicts(table: pd.DataFrame, path: Path) -> Path:
         axis.fill_between(
             group["n_experts"], 100 * group["min"], 100 * group["max"], color=line.get_color(), alpha=0.15
         )
+    counts = sorted(table["n_experts"].unique())
+    axis.plot(
+        counts,
+        [100 * random_sign_conflict(count) for count in counts],
+        color="gray",
+        linestyle=":",
+        label="random signs, 1 - 2^(1-n)",
+    )
     axis.set_xlabel("number of experts")
     axis.set_ylabel("% parameters with sign conflict")
     axis.set_xticks(sorted(table["n_experts"].unique()))

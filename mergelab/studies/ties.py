@@ -208,17 +208,26 @@ def _write_markdown(path: Path, title: str, text: str, table: pd.DataFrame) -> P
 
 def write_conflicts(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
     """sign_conflicts.csv (computed from the zoo when missing), its markdown table and its figure."""
-    from mergelab.studies.sign_conflicts import draw_sign_conflicts, zoo_sign_conflicts
+    from mergelab.studies.sign_conflicts import draw_sign_conflicts, random_sign_conflict, zoo_sign_conflicts
 
     table_path = out_dir / "sign_conflicts.csv"
     if not table_path.is_file():
         conditions = sorted(set(zip(rows["model"], rows["base_kind"])))
         zoo_sign_conflicts(conditions).to_csv(table_path, index=False)
     table = pd.read_csv(table_path)
+    if "random_signs" not in table:  # a table computed before the baseline: its exact value needs no zoo
+        table["random_signs"] = table["n_experts"].map(random_sign_conflict)
     text = (
         "Share of parameters where the experts' task vectors hold both signs, over every subset of each size "
         "of the eight zoo experts (mean, min, max); `top 0.2`: each task vector trimmed to its top 20% by "
-        "magnitude over the whole model, as TIES trims."
+        "magnitude over the whole model, as TIES trims. Null baseline: `random_signs` = 1 - 2^(1-n), the "
+        "share if every entry were nonzero with an independent fair-coin sign"
+        + (
+            "; `random_signs_masks`: the share expected with the experts' actual nonzero masks and fair-coin "
+            "signs (mean over subsets)."
+            if "random_signs_masks" in table
+            else " (the table predates the mask-based baseline; recompute it from the zoo to add it)."
+        )
     )
     markdown = _write_markdown(
         out_dir / "sign_conflicts.md", "Sign conflicts vs number of experts", text, table
