@@ -146,3 +146,9 @@ def test_verdict_words(interval, direction, word):
 def test_interval_formatting():
     assert Interval(0.0123, -0.004, 0.031).format(1, 100, signed=True) == "+1.2 [-0.4, +3.1]"
     assert Interval(math.nan, math.nan, math.nan).format() == "nan"
+
+
+def test_subset_mean_weights_each_draw_by_its_subset_counts():
+    draws = np.array([[0.2, 0.4, math.nan], [1.0, 0.0, 0.5]])
+    weights = np.array([[1, 3, 5], [0, 0, 2]])
+    assert intervals.subset_mean(draws, weights) == pytest.approx([(0.2 + 3 * 0.4) / 4, 0.5])

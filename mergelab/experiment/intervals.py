@@ -93,11 +93,12 @@ class PairedBootstrap:
         if key not in self._weights:
             rng = _rng(self.seed, key)
             if clusters is None:
-                self._weights[key] = resample_counts(len(examples), self.draws, rng)
+                counts = resample_counts(len(examples), self.draws, rng)
             else:
                 if len(clusters) != len(examples):
                     raise ValueError(f"task {task}: {len(clusters)} clusters for {len(examples)} examples")
-                self._weights[key] = cluster_counts(clusters, self.draws, rng)
+                counts = cluster_counts(clusters, self.draws, rng)
+            self._weights[key] = counts.astype(float)  # float for matrix products with scores
         return self._weights[key]
 
     def subset_weights(self, subsets: Sequence[Hashable]) -> np.ndarray:
@@ -118,10 +119,24 @@ def weighted_mean(values: Sequence[float] | np.ndarray, weights: np.ndarray) -> 
     gives every defined value zero weight. NaN values are left out."""
     values = np.asarray(values, dtype=float)
     defined = ~np.isnan(values)
+    if defined.all() and weights.ndim == 2:  # the common case, as one matrix product
+        total = weights.sum(axis=-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(total > 0, (weights @ values) / total, np.nan)
     weights = np.where(defined, weights, 0)
     total = weights.sum(axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, (weights * np.where(defined, values, 0.0)).sum(axis=-1) / total, np.nan)
+
+
+def subset_mean(draws: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per draw (row), the mean of `draws` (draws x subsets, a statistic per subset per draw) weighted by
+    the subsets' resampling `weights` (same shape); NaN entries are left out."""
+    defined = ~np.isnan(draws)
+    weights = np.where(defined, weights, 0)
+    total = weights.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, (weights * np.where(defined, draws, 0.0)).sum(axis=1) / total, np.nan)
 
 
 def percentile_interval(estimate: float, draws: np.ndarray, level: float = LEVEL) -> Interval:
