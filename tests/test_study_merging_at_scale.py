@@ -8,13 +8,16 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from mergelab.experiment import report, results, runner
 from mergelab.experiment.config import validate
+from mergelab.experiment.intervals import PairedBootstrap
 from mergelab.experiment.sweep import compose
 from mergelab.studies import merging_at_scale as study
+from mergelab.studies import merging_at_scale_findings as findings_module
 from tests.test_results import make_rows
 from tests.zoo_fixture import require_golden_micro_zoo
 
@@ -61,7 +64,7 @@ def synthetic_summary() -> pd.DataFrame:
 
 
 def test_seed_views_pair_one_subset_with_the_single_subset_runs():
-    views = study.seed_views(synthetic_summary())
+    views = findings_module.seed_views(synthetic_summary())
     assert len(views) == 2
     for seed, view in enumerate(views):
         assert set(view.loc[view["n_experts"] == 2, "subset_seed"]) == {seed}
@@ -69,7 +72,7 @@ def test_seed_views_pair_one_subset_with_the_single_subset_runs():
 
 
 def test_findings_follow_the_planted_effects():
-    findings = study.findings_table(synthetic_summary()).set_index("statistic")
+    findings = findings_module.findings_table(synthetic_summary()).set_index("statistic")
 
     def row(prefix: str) -> pd.Series:
         (match,) = [name for name in findings.index if name.startswith(prefix)]
@@ -95,6 +98,33 @@ def test_findings_follow_the_planted_effects():
     assert row("held-out / base zero-shot: share of configurations > 1")["value"] == pytest.approx(
         (0.5 + 0.75) / 2
     )
+
+
+def test_findings_get_intervals_and_verdicts_from_run_draws():
+    """Runs whose draws all equal their observed scores (no example noise): a statistic's interval spans
+    only its spread over the resampled seed views, so the planted effects decide the verdicts."""
+    summary = synthetic_summary()
+    summary.loc[summary["base_kind"] == "it", "held_out"] -= 0.05  # IT below base held-out: paper says above
+    draws = {
+        row.config_hash: {score: np.full(200, getattr(row, score)) for score in report.SCORES}
+        for row in summary.itertuples(index=False)
+    }
+    findings = findings_module.findings_table(summary, draws, PairedBootstrap(draws=200, seed=0))
+    table = findings.set_index("statistic")
+    it_gap = table.loc["held-in: IT base - base (mean over size, method, experts)"]
+    assert (it_gap["95ci"], it_gap["paper"], it_gap["verdict"]) == ("[0.100, 0.100]", "> 0", "reproduced")
+    assert table.loc["held-out: IT base - base", "verdict"] == "contradicted"
+    # held-out 2 -> 8 experts on s: 0.2 in the seed-0 view, 0.1 in the seed-1 view: interval [0.1, 0.2]
+    change = table.loc["held-out change 2 -> 8 experts: s"]
+    assert (change["95ci"], change["verdict"]) == ("[0.100, 0.200]", "reproduced")
+    assert table.loc["held-in change 2 -> 8 experts: s", "verdict"] == "not resolved"  # 0; paper: a fall
+    # method spread 0.01 on s vs 0.03 on xs: methods more alike at scale, as the paper
+    spread = table.loc[
+        "held-in spread across methods, IT base, mean over expert counts: s minus xs (methods alike at scale)"
+    ]
+    assert (spread["value"], spread["verdict"]) == (pytest.approx(-0.02), "reproduced")
+    assert table.loc["held-in: share of configurations where IT > base", "verdict"] == "-"
+    assert set(findings["verdict"]) <= {"reproduced", "contradicted", "not resolved", "-"}
 
 
 def test_subset_spread_and_paper_comparison():
