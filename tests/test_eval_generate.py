@@ -100,7 +100,12 @@ def test_generation_task_scores_exact_match_and_catches_run_on_answers(tokenizer
     assert evaluate_task(rigged, tokenizer, dataset, "generation", max_new_tokens=3, progress=False) == 3 / 4
     assert evaluate_task(rigged, tokenizer, dataset, "generation", max_examples=1, progress=False) == 1.0
     outcome = evaluate_task_outcome(rigged, tokenizer, dataset, "generation", progress=False)
-    assert (outcome.score, outcome.correct, outcome.examples) == (0.5, [1, 0, 1, 0], [0, 1, 2, 3])
+    assert (outcome.score, outcome.correct, outcome.examples, outcome.chance) == (
+        0.5,
+        [1, 0, 1, 0],
+        [0, 1, 2, 3],
+        0.0,
+    )
 
 
 def test_exact_matches_per_example():

@@ -72,6 +72,10 @@ def test_classification_outcome_gives_per_example_correctness_and_entities(token
         model, tokenizer, with_entities, "classification", max_examples=3, progress=False
     )
     assert outcome.correct == [1, 0, 1] and outcome.clusters == ["ann", "bob", "ann"]
+    # chance: two choices on the first three examples, three on the last
+    assert outcome.chance == pytest.approx(0.5)
+    whole = evaluate_task_outcome(model, tokenizer, dataset, "classification", progress=False)
+    assert whole.chance == pytest.approx((3 * 0.5 + 1 / 3) / 4)
 
 
 def test_evaluate_tasks_returns_one_score_per_named_task(tokenizer, model):

@@ -49,6 +49,9 @@ def make_rows(config_hash: str, tasks: dict[str, tuple[str, str, float, float]],
                 "normalized": value / reference if reference else math.nan,
                 "multitask_reference": math.nan,
                 "normalized_multitask": math.nan,
+                "chance": math.nan,
+                "chance_corrected": math.nan,
+                **dict.fromkeys(results.LIST_COLUMNS),  # no per-example data, as in rows recorded before it
             }
         )
     return pd.DataFrame(rows, columns=results.COLUMNS)

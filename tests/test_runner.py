@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -63,6 +64,17 @@ def test_full_run_rows_schema_and_normalization(micro_zoo, tmp_path):
         expected = row.value / row.multitask_reference if row.multitask_reference else math.nan
         assert row.normalized_multitask == pytest.approx(expected, nan_ok=True), row.task
         assert row.metric == ("accuracy" if suite.tasks[row.task].kind == "classification" else "exact_match")
+        # per-example correctness on the same examples for the merged model and its references
+        assert list(row.examples) == list(range(len(row.correct))) and len(row.correct) == 8
+        assert np.mean(row.correct) == row.value and np.mean(row.reference_correct) == row.reference
+        assert np.mean(row.multitask_correct) == row.multitask_reference
+        assert row.chance == pytest.approx(suite.tasks[row.task].chance), row.task
+        expected = (
+            (row.value - row.chance) / (row.reference - row.chance)
+            if row.reference != row.chance
+            else math.nan
+        )
+        assert row.chance_corrected == pytest.approx(expected, nan_ok=True), row.task
     kind = spec.config.experts.base_kind
     category = spec.categories[0]
     first_task = suite.tasks_in(category)[0]

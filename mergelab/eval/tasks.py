@@ -2,7 +2,8 @@
 
 `evaluate_task_outcome` also returns what the score averages: each evaluated example's correctness (1 or
 0), its row index in the split, and, when the task data has an `entity` column, the entity it asks about,
-so that confidence intervals can resample examples (or whole entities) instead of trusting one number.
+so that confidence intervals can resample examples (or whole entities) instead of trusting one number;
+and the task's chance level on those examples, for chance-corrected scores.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class TaskOutcome:
     correct: list[int]  # 1 where the model's answer is right, per evaluated example
     examples: list[int]  # each example's row index in the split
     clusters: list[str] | None  # each example's entity (`CLUSTER_COLUMN`), None when the data has none
+    chance: float  # expected score of a uniform random choice (mean of 1 / choices); 0 for generation
 
 
 def metric_path(name: str) -> str:
@@ -92,6 +94,7 @@ def evaluate_task_outcome(
             desc=desc or "rank",
         )
         correct = [int(p == label) for p, label in zip(predictions, list(dataset["label"]))]
+        chance = sum(1 / len(options) for options in dataset["choices"]) / len(correct)
     else:
         targets = list(dataset["target"])
         if max_new_tokens is None:
@@ -109,10 +112,11 @@ def evaluate_task_outcome(
             desc=desc or "generate",
         )
         correct = exact_matches(outputs, targets)
+        chance = 0.0
     clusters = (
         [str(value) for value in dataset[CLUSTER_COLUMN]] if CLUSTER_COLUMN in dataset.column_names else None
     )
-    return TaskOutcome(sum(correct) / len(correct), correct, list(range(len(correct))), clusters)
+    return TaskOutcome(sum(correct) / len(correct), correct, list(range(len(correct))), clusters, chance)
 
 
 def evaluate_task(model, tokenizer, dataset, kind: str, **options) -> float:

@@ -2,7 +2,8 @@
 
 Writes into `<results_dir>/<study>/` (by default `results/<study>/`, the committed study outputs):
 `rows.parquet` (every tidy row), `summary.md` (normalized held-in / held-out per configuration, averaged
-over expert subsets) and PNG figures: normalized score against the number of experts per method and base
+over expert subsets; with 95% intervals and the reference scores' distance from chance when the rows
+carry per-example correctness) and PNG figures: normalized score against the number of experts per method and base
 kind, and, when the study spans several model sizes, against the parameter count. A study with its own
 analyses names them in its overlay (`report.extension: mergelab.studies.ties:write_ties_report` plus
 `report.options`); that function writes further tables and figures and returns their paths.
@@ -17,8 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from mergelab.experiment import results
+from mergelab.experiment import results, score_intervals
 from mergelab.experiment.config import ReportConfig
+from mergelab.experiment.intervals import PairedBootstrap
 
 RUN_KEYS = [
     "config_hash",
@@ -35,6 +37,7 @@ RUN_KEYS = [
 ]
 CONFIG_KEYS = ["model", "parameters", "base_kind", "method", "n_experts"]
 SCORES = ["held_in", "held_out", "held_in_multitask", "held_out_multitask"]
+CHANCE_SCORES = ["held_in_chance", "held_out_chance"]  # (score - chance) / (reference - chance)
 
 
 def _aggregate(rows: pd.DataFrame, group: str, column: str) -> float:
@@ -44,6 +47,8 @@ def _aggregate(rows: pd.DataFrame, group: str, column: str) -> float:
     """
     from mergelab.eval import aggregate
 
+    if column not in rows:
+        return math.nan
     subset = rows[(rows["group"] == group) & rows[column].notna()]
     if subset.empty:
         return math.nan
@@ -66,21 +71,65 @@ def summarize_runs(rows: pd.DataFrame) -> pd.DataFrame:
         record["held_out"] = _aggregate(run, "held_out", "normalized")
         record["held_in_multitask"] = _aggregate(run, "held_in", "normalized_multitask")
         record["held_out_multitask"] = _aggregate(run, "held_out", "normalized_multitask")
+        record["held_in_chance"] = _aggregate(run, "held_in", "chance_corrected")
+        record["held_out_chance"] = _aggregate(run, "held_out", "chance_corrected")
         records.append(record)
-    return pd.DataFrame(records, columns=RUN_KEYS + ["variant"] + SCORES)
+    return pd.DataFrame(records, columns=RUN_KEYS + ["variant"] + SCORES + CHANCE_SCORES)
+
+
+def table_keys(summary: pd.DataFrame) -> list[str]:
+    """What identifies a row of the study table: the configuration, and its variant when one
+    configuration was run with several hyperparameter settings (ablations, sensitivity sweeps)."""
+    several = not summary.empty and summary.groupby(CONFIG_KEYS)["variant"].nunique().max() > 1
+    return CONFIG_KEYS + (["variant"] if several else [])
+
+
+def table_scores(summary: pd.DataFrame) -> list[str]:
+    """The scores the study table shows: both normalized views, and the chance-corrected ones when the
+    rows record chance levels (rows recorded before them do not)."""
+    return SCORES + [score for score in CHANCE_SCORES if score in summary and summary[score].notna().any()]
 
 
 def study_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Scores per configuration averaged over expert subsets (`subsets` counts them).
-
-    When one configuration was run with several hyperparameter settings (ablations, sensitivity sweeps),
-    each setting is its own row, named in the `variant` column.
-    """
-    several = not summary.empty and summary.groupby(CONFIG_KEYS)["variant"].nunique().max() > 1
-    grouped = summary.groupby(CONFIG_KEYS + (["variant"] if several else []), sort=True)
-    table = grouped[SCORES].mean()
+    """Scores per configuration averaged over expert subsets (`subsets` counts them); see `table_keys`."""
+    grouped = summary.groupby(table_keys(summary), sort=True)
+    table = grouped[table_scores(summary)].mean()
     table["subsets"] = grouped.size()
     return table.reset_index()
+
+
+def summary_markdown(rows: pd.DataFrame, summary: pd.DataFrame) -> str:
+    """summary.md: the study table, with each score's 95% interval when the rows carry per-example
+    correctness (paired bootstrap over test examples and expert subsets)."""
+    table = study_table(summary)
+    study = ", ".join(sorted(rows["study"].unique()))
+    text = (
+        f"# {study}\n\nNormalized scores (held-in: / the category's expert; held-out: / the base zero-shot; "
+        f"`_multitask`: / the multitask baseline), mean within category, then across categories, then over "
+        f"expert subsets. {len(summary)} runs, {len(rows)} rows."
+    )
+    if not score_intervals.has_examples(rows):
+        return f"{text}\n\n{to_markdown(table)}\n"
+    bootstrap = PairedBootstrap()
+    draws = score_intervals.study_run_draws(rows, bootstrap)
+    scores = table_scores(summary)
+    table = score_intervals.interval_columns(table, summary, draws, table_keys(summary), scores, bootstrap)
+    references = score_intervals.reference_table(rows, bootstrap)
+    flagged = references[references["near_chance"] == "yes"]
+    text += (
+        " `_chance`: chance-corrected, (score - chance) / (reference - chance), so 0 is a random guess and 1 "
+        "the reference. `_95ci`: 95% percentile interval of a paired bootstrap "
+        f"({bootstrap.draws} draws, seed {bootstrap.seed}) that resamples expert subsets and, within each "
+        "task, the test examples (whole entities where examples share one), the same resamples for every "
+        "model and configuration."
+    )
+    reference_text = (
+        "## References\n\nEach reference score (held-in: the category's expert; held-out: the base "
+        "zero-shot) with its 95% interval, the task's chance level and the bootstrap standard error; "
+        f"`near_chance`: within 2 standard errors of chance, so ratios to it divide by noise "
+        f"({len(flagged)} of {len(references)} references)."
+    )
+    return f"{text}\n\n{to_markdown(table)}\n\n{reference_text}\n\n{to_markdown(references)}\n"
 
 
 def to_markdown(table: pd.DataFrame, digits: int = 3) -> str:
@@ -151,15 +200,9 @@ def write_report(rows: pd.DataFrame, out_dir: Path, settings: ReportConfig | Non
     (`settings.extension`, if any); returns the paths written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize_runs(rows)
-    table = study_table(summary)
     rows_path = results.write_fragment(rows, out_dir / "rows.parquet")
     markdown = out_dir / "summary.md"
-    study = ", ".join(sorted(rows["study"].unique()))
-    markdown.write_text(
-        f"# {study}\n\nNormalized scores (held-in: / the category's expert; held-out: / the base zero-shot; "
-        f"`_multitask`: / the multitask baseline), mean within category, then across categories, then over "
-        f"expert subsets. {len(summary)} runs, {len(rows)} rows.\n\n{to_markdown(table)}\n"
-    )
+    markdown.write_text(summary_markdown(rows, summary))
     paths = [rows_path, markdown, *draw_figures(summary, out_dir)]
     if settings is not None and settings.extension is not None:
         module_name, function = settings.extension.split(":")

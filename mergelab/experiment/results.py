@@ -4,7 +4,9 @@ Layout: `<results_dir>/<study>/fragments/<config hash>.parquet`, where `results_
 `$MERGELAB_RESULTS` or `results` (relative to the working directory). A fragment is written to a hidden
 temporary file in the same directory and renamed into place, so a crash never leaves a readable partial
 fragment; a run whose hash has a fragment is complete and is skipped on resume. `load(study)` gathers a
-study's fragments into one DataFrame with the schema below (one row per run, task and metric).
+study's fragments into one DataFrame with the schema below (one row per run, task and metric). Rows also
+carry the correctness of every evaluated example (list columns), from which `mergelab report` computes
+confidence intervals; tables written before those columns existed read back with them null.
 """
 
 from __future__ import annotations
@@ -43,6 +45,14 @@ SCHEMA = pa.schema(
         ("normalized", pa.float64()),  # value / reference
         ("multitask_reference", pa.float64()),  # the multitask baseline's score (NaN when absent)
         ("normalized_multitask", pa.float64()),
+        ("chance", pa.float64()),  # expected score of a uniform random answer on the evaluated examples
+        ("chance_corrected", pa.float64()),  # (value - chance) / (reference - chance)
+        # per evaluated example (same order in each list; null in rows recorded before they were stored):
+        ("examples", pa.list_(pa.int64())),  # the example's row index in the split
+        ("correct", pa.list_(pa.int8())),  # 1 where the merged model is right
+        ("reference_correct", pa.list_(pa.int8())),  # 1 where the reference model is right
+        ("multitask_correct", pa.list_(pa.int8())),  # 1 where the multitask baseline is right (null: none)
+        ("clusters", pa.list_(pa.string())),  # the entity each example asks about (null: the task has none)
         ("merge_seconds", pa.float64()),
         ("eval_seconds", pa.float64()),
         ("peak_memory_bytes", pa.int64()),  # GPU peak on cuda, else the process's peak RSS
@@ -53,6 +63,7 @@ SCHEMA = pa.schema(
     ]
 )
 COLUMNS = SCHEMA.names
+LIST_COLUMNS = [field.name for field in SCHEMA if pa.types.is_list(field.type)]
 
 
 class ResultsError(ValueError):
@@ -81,8 +92,12 @@ def to_table(rows: pd.DataFrame) -> pa.Table:
     extra = [name for name in rows.columns if name not in COLUMNS]
     if missing or extra:
         raise ResultsError(f"rows do not fit the results schema: missing columns {missing}, unknown {extra}")
+    rows = rows[COLUMNS].copy()
+    for name in LIST_COLUMNS:  # a column with no lists at all (all NaN) is float to pandas: make it null
+        if rows[name].dtype != object:
+            rows[name] = pd.Series([None] * len(rows), index=rows.index, dtype=object)
     try:
-        return pa.Table.from_pandas(rows[COLUMNS], schema=SCHEMA, preserve_index=False)
+        return pa.Table.from_pandas(rows, schema=SCHEMA, preserve_index=False)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
         raise ResultsError(f"rows do not fit the results schema: {error}") from None
 

@@ -32,6 +32,7 @@ from mergelab import zoo
 from mergelab.engine.device import resolve_device
 from mergelab.engine.models import load_model, load_tokenizer
 from mergelab.eval import suites
+from mergelab.eval.tasks import TaskOutcome
 from mergelab.experiment import results
 from mergelab.experiment.config import (
     ConfigError,
@@ -41,7 +42,8 @@ from mergelab.experiment.config import (
     selection_points,
     validate,
 )
-from mergelab.experiment.scoring import METRIC_OF_KIND, ReferenceCache, score_tasks
+from mergelab.experiment.intervals import chance_corrected
+from mergelab.experiment.scoring import METRIC_OF_KIND, ReferenceCache, score_tasks, task_outcomes
 from mergelab.experiment.sweep import CONF_DIR, CONFIG_NAME, plan
 
 
@@ -91,25 +93,26 @@ def task_plan(spec: RunSpec) -> dict[str, tuple[str, str, str]]:
     return tasks
 
 
-def reference_scores(
+def reference_outcomes(
     spec: RunSpec,
     models: RunModels,
     tasks: dict[str, tuple[str, str, str]],
     split: str,
     cache: ReferenceCache,
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Per task: the primary reference (expert or base zero-shot) and the multitask baseline (NaN if none)."""
-    primary: dict[str, float] = {}
+) -> tuple[dict[str, TaskOutcome], dict[str, TaskOutcome | None]]:
+    """Per task: the primary reference's outcome (expert or base zero-shot) and the multitask baseline's
+    (None if there is none)."""
+    primary: dict[str, TaskOutcome] = {}
     for category, path in models.experts.items():
         own = {
             name: kind for name, (kind, cat, group) in tasks.items() if group == "held_in" and cat == category
         }
-        primary |= cache.scores(path, own, split) if own else {}
+        primary |= cache.outcomes(path, own, split) if own else {}
     held_out = {name: kind for name, (kind, _, group) in tasks.items() if group == "held_out"}
-    primary |= cache.scores(models.base, held_out, split) if held_out else {}
-    multitask = {name: math.nan for name in tasks}
+    primary |= cache.outcomes(models.base, held_out, split) if held_out else {}
+    multitask: dict[str, TaskOutcome | None] = dict.fromkeys(tasks)
     if models.multitask and spec.config.eval.multitask_reference:
-        multitask = cache.scores(
+        multitask = cache.outcomes(
             models.multitask, {name: kind for name, (kind, _, _) in tasks.items()}, split
         )
     return primary, multitask
@@ -179,7 +182,8 @@ def select_on_validation(spec, models, tasks, tokenizer, cache, device) -> dict[
         return points[0] if points else dict(spec.hparams)
     held_in = {name: entry for name, entry in tasks.items() if entry[2] == "held_in"}
     kinds = {name: kind for name, (kind, _, _) in held_in.items()}
-    references, _ = reference_scores(spec, models, held_in, "validation", cache)
+    outcomes, _ = reference_outcomes(spec, models, held_in, "validation", cache)
+    references = {name: outcome.score for name, outcome in outcomes.items()}
     category_of = {name: category for name, (_, category, _) in held_in.items()}
     best, best_score = points[0], -math.inf
     for point in points:
@@ -239,12 +243,20 @@ def peak_memory_bytes(device: torch.device, merge_peak: int) -> int:
     return peak_rss_bytes()
 
 
-def build_rows(spec, tasks, scores, primary, multitask, hparams, facts) -> pd.DataFrame:
-    """One tidy row per evaluated task (its metric follows the task kind)."""
+def build_rows(spec, tasks, outcomes, primary, multitask, hparams, facts) -> pd.DataFrame:
+    """One tidy row per evaluated task (its metric follows the task kind), with the per-example
+    correctness of the merged model and of its references on the same examples."""
     config = spec.config
     rows = []
     for name, (kind, category, group) in tasks.items():
-        value, reference, baseline = scores[name], primary[name], multitask[name]
+        outcome, reference_outcome, baseline_outcome = outcomes[name], primary[name], multitask[name]
+        value, reference, chance = outcome.score, reference_outcome.score, outcome.chance
+        baseline = baseline_outcome.score if baseline_outcome is not None else math.nan
+        for other in (reference_outcome, baseline_outcome):
+            if other is not None and other.examples != outcome.examples:
+                raise RuntimeError(
+                    f"task {name}: a reference was scored on other examples than the merged model"
+                )
         rows.append(
             {
                 **facts,
@@ -261,6 +273,13 @@ def build_rows(spec, tasks, scores, primary, multitask, hparams, facts) -> pd.Da
                 "normalized": value / reference if reference else math.nan,
                 "multitask_reference": baseline,
                 "normalized_multitask": value / baseline if baseline else math.nan,
+                "chance": chance,
+                "chance_corrected": chance_corrected(value, reference, chance),
+                "examples": outcome.examples,
+                "correct": outcome.correct,
+                "reference_correct": reference_outcome.correct,
+                "multitask_correct": baseline_outcome.correct if baseline_outcome is not None else None,
+                "clusters": outcome.clusters,
             }
         )
     return pd.DataFrame(rows, columns=results.COLUMNS)
@@ -289,11 +308,11 @@ def execute(spec: RunSpec) -> pd.DataFrame:
     model, report = merge_and_load(spec, models, hparams, device, out)
     started = time.perf_counter()
     kinds = {name: kind for name, (kind, _, _) in tasks.items()}
-    scores = score_tasks(
+    outcomes = task_outcomes(
         model, tokenizer, kinds, config.eval.split, config.eval, progress=config.progress, desc="merged"
     )
     eval_seconds = time.perf_counter() - started
-    primary, multitask = reference_scores(spec, models, tasks, config.eval.split, cache)
+    primary, multitask = reference_outcomes(spec, models, tasks, config.eval.split, cache)
     facts = {
         "run_id": spec.run_id,
         "study": config.study,
@@ -313,7 +332,7 @@ def execute(spec: RunSpec) -> pd.DataFrame:
         "git_commit": results.git_commit(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    return build_rows(spec, tasks, scores, primary, multitask, hparams, facts)
+    return build_rows(spec, tasks, outcomes, primary, multitask, hparams, facts)
 
 
 def run_one(cfg: Any) -> pd.DataFrame:

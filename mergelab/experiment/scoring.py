@@ -4,12 +4,14 @@ Normalization needs, for every evaluated task, the score of a reference model on
 same evaluation settings. Those scores do not depend on the merge, so they are computed once and cached as
 small JSON files under `<results_dir>/_references/<model fingerprint>/<split>-<settings>/<task>.json`; the
 fingerprint is the zoo manifest's weight digest (or the model path for models outside the zoo), so a
-rebuilt zoo never reuses stale references. Each file is written atomically, so parallel sweep workers may
-fill the cache concurrently.
+rebuilt zoo never reuses stale references. Each file holds the score and the per-example correctness it
+averages (for confidence intervals; a file without it, written before, is evaluated again) and is written
+atomically, so parallel sweep workers may fill the cache concurrently.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -21,12 +23,13 @@ import torch
 from tqdm.auto import tqdm
 
 from mergelab.engine.models import load_model, load_tokenizer
+from mergelab.eval.tasks import TaskOutcome
 from mergelab.experiment.config import EvalConfig
 
 METRIC_OF_KIND = {"classification": "accuracy", "generation": "exact_match"}
 
 
-def score_tasks(
+def task_outcomes(
     model,
     tokenizer,
     tasks: Mapping[str, str],
@@ -35,14 +38,15 @@ def score_tasks(
     *,
     progress: bool = False,
     desc: str = "eval",
-) -> dict[str, float]:
-    """Accuracy / exact match of `model` on each task (name -> kind) of the `settings.suite` suite."""
+) -> dict[str, TaskOutcome]:
+    """Accuracy / exact match of `model` on each task (name -> kind) of the `settings.suite` suite, with
+    the per-example correctness behind it."""
     from mergelab import eval as ml_eval
     from mergelab.eval import suites
 
-    scores = {}
+    outcomes = {}
     for name in tqdm(list(tasks), desc=desc, disable=not progress, leave=False):
-        scores[name] = ml_eval.evaluate_task(
+        outcomes[name] = ml_eval.evaluate_task_outcome(
             model,
             tokenizer,
             suites.load_task(settings.suite, name, split, settings.data_dir),
@@ -52,7 +56,17 @@ def score_tasks(
             max_examples=settings.max_examples,
             progress=False,
         )
-    return scores
+    return outcomes
+
+
+def score_tasks(
+    model, tokenizer, tasks: Mapping[str, str], split: str, settings: EvalConfig, **options
+) -> dict[str, float]:
+    """The scores of `task_outcomes` alone (same arguments)."""
+    return {
+        name: outcome.score
+        for name, outcome in task_outcomes(model, tokenizer, tasks, split, settings, **options).items()
+    }
 
 
 def model_fingerprint(path: str | Path) -> str:
@@ -84,12 +98,21 @@ class ReferenceCache:
             options += f"-{self.settings.suite}{t0.SUITE_VERSION}-{source}"
         return self.root / model_fingerprint(model_path) / options / f"{task}.json"
 
-    def scores(self, model_path: str | Path, tasks: Mapping[str, str], split: str) -> dict[str, float]:
-        """Scores of the model at `model_path` on `tasks` (name -> kind), evaluating only uncached ones."""
-        cached: dict[str, float] = {}
+    def outcomes(
+        self, model_path: str | Path, tasks: Mapping[str, str], split: str
+    ) -> dict[str, TaskOutcome]:
+        """Outcomes of the model at `model_path` on `tasks` (name -> kind), evaluating only uncached ones."""
+        cached: dict[str, TaskOutcome] = {}
         for task in tasks:
             try:
-                cached[task] = json.loads(self._file(model_path, split, task).read_text())["value"]
+                record = json.loads(self._file(model_path, split, task).read_text())
+                cached[task] = TaskOutcome(
+                    record["value"],
+                    record["correct"],
+                    record["examples"],
+                    record["clusters"],
+                    record["chance"],
+                )
             except (OSError, KeyError, json.JSONDecodeError):
                 pass
         missing = {task: kind for task, kind in tasks.items() if task not in cached}
@@ -97,7 +120,7 @@ class ReferenceCache:
             started = time.perf_counter()
             model = load_model(model_path, self.device)
             tokenizer = load_tokenizer(model_path)
-            fresh = score_tasks(
+            fresh = task_outcomes(
                 model,
                 tokenizer,
                 missing,
@@ -106,12 +129,18 @@ class ReferenceCache:
                 progress=self.progress,
                 desc=f"reference {Path(model_path).name}",
             )
-            for task, value in fresh.items():
-                self._write(self._file(model_path, split, task), {"value": value, "model": str(model_path)})
+            for task, outcome in fresh.items():
+                record = {"value": outcome.score, "model": str(model_path), **dataclasses.asdict(outcome)}
+                del record["score"]
+                self._write(self._file(model_path, split, task), record)
             cached |= fresh
             del model
             self.seconds += time.perf_counter() - started
         return {task: cached[task] for task in tasks}
+
+    def scores(self, model_path: str | Path, tasks: Mapping[str, str], split: str) -> dict[str, float]:
+        """The scores of `outcomes` alone."""
+        return {task: outcome.score for task, outcome in self.outcomes(model_path, tasks, split).items()}
 
     @staticmethod
     def _write(path: Path, record: dict) -> None:

@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 
 from mergelab.experiment.intervals import Interval, PairedBootstrap, percentile_interval, subset_mean, verdict
-from mergelab.experiment.score_intervals import RunDraws
 from mergelab.experiment.report import CONFIG_KEYS
+from mergelab.experiment.score_intervals import RunDraws
 
 SCORES = ["held_in", "held_out", "held_in_multitask", "held_out_multitask"]
 INDEX = ["model", "base_kind", "method", "n_experts"]  # a configuration (parameters follow the model)
