@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -65,3 +66,52 @@ def test_committed_study_regenerates_its_report(study, tmp_path):
         assert (out / name).is_file(), f"{name} was not regenerated"
         if name.endswith(".md"):
             assert (out / name).read_text() == (committed / name).read_text(), name
+
+
+def ablation_run(config_hash: str, model: str, changes: dict, selection: str, held_in: float) -> dict:
+    from mergelab.studies.ties import TIES_DEFAULTS
+
+    return {
+        "config_hash": config_hash,
+        "model": model,
+        "base_kind": "base",
+        "method": "ties",
+        "selection": selection,
+        **TIES_DEFAULTS,
+        **changes,
+        "held_in": held_in,
+        "held_out": 1.0,
+    }
+
+
+def test_ablation_changes_get_paired_intervals_and_verdicts():
+    """Two conditions; w/o elect is 10-20 points below full TIES in every draw (reproduced), w/o trim
+    straddles zero (not resolved), w/o disjoint mean lies above (contradicted)."""
+    from mergelab.studies.ties import ABLATION, ablation_tables
+
+    variants = {
+        name: ABLATION[name] for name in ("TIES (scale searched)", "w/o elect", "w/o trim (density 1)")
+    }
+    variants["w/o disjoint mean (agg mean_all)"] = ABLATION["w/o disjoint mean (agg mean_all)"]
+    runs, draws = [], {}
+    for model in ("xs", "s"):
+        spread = np.linspace(0.0, 1.0, 100)
+        for name, (changes, selection), observed, draw in [
+            ("full", variants["TIES (scale searched)"], 0.5, np.full(100, 0.5)),
+            ("elect", variants["w/o elect"], 0.35, 0.3 + 0.1 * spread),
+            ("trim", variants["w/o trim (density 1)"], 0.5, 0.45 + 0.1 * spread),
+            ("agg", variants["w/o disjoint mean (agg mean_all)"], 0.6, 0.55 + 0.1 * spread),
+        ]:
+            runs.append(ablation_run(f"{model}{name}", model, changes, selection, observed))
+            draws[f"{model}{name}"] = {"held_in": draw, "held_out": np.ones(100)}
+    per_condition, overall = ablation_tables(pd.DataFrame(runs).assign(scale=1.0), variants, draws)
+    at = overall.set_index("variant")
+    assert at.loc["w/o elect", "d_held_in"] == "-15.0 [-15.0, -15.0]"
+    assert at.loc["w/o elect", "d_held_in_95ci"] == "-15.00 [-19.75, -10.25]"  # 2.5% / 97.5% of -20..-10
+    assert at.loc["w/o elect", "verdict_held_in"] == "reproduced"
+    assert at.loc["w/o trim (density 1)", "verdict_held_in"] == "not resolved"
+    assert at.loc["w/o disjoint mean (agg mean_all)", "verdict_held_in"] == "contradicted"
+    assert at.loc["TIES (scale searched)", "verdict_held_in"] == "-"
+    assert at.loc["w/o elect", "verdict_held_out"] == "not resolved"  # no change at all
+    row = per_condition.set_index(["model", "variant"]).loc[("s", "w/o elect")]
+    assert row["d_held_in_95ci"] == "-15.00 [-19.75, -10.25]"

@@ -21,9 +21,13 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from mergelab.experiment import score_intervals
+from mergelab.experiment.intervals import PairedBootstrap, percentile_interval, verdict
 from mergelab.experiment.report import to_markdown
+from mergelab.experiment.score_intervals import RunDraws
 
 TIES_DEFAULTS = {
     "density": 0.2,
@@ -96,28 +100,42 @@ def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def ablation_tables(runs: pd.DataFrame, variants: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+def ablation_tables(
+    runs: pd.DataFrame, variants: dict, draws: RunDraws | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per condition (model, base kind) each variant's scores and their change in points (x100) against
-    the first variant; and per variant the mean [min, max] change over conditions."""
-    records = []
+    the first variant; and per variant the mean [min, max] change over conditions. With the runs'
+    bootstrap `draws` (paired: the same resampled examples for every run), each change also gets its 95%
+    interval (`_95ci`), and each variant's mean change its interval and the verdict against the paper,
+    which finds that leaving out any step (or the scale search) lowers the score."""
+    records, changes = [], []
     for (model, kind), condition in runs.groupby(["model", "base_kind"], sort=True):
         reference = None
-        for variant, (changes, selection) in variants.items():
-            found = condition[_matches(condition, changes, selection)]
+        for variant, (options, selection) in variants.items():
+            found = condition[_matches(condition, options, selection)]
             if found.empty:
                 continue
             run = found.iloc[0]
             reference = run if reference is None else reference
-            records.append(
-                {
-                    "model": model,
-                    "base_kind": kind,
-                    "variant": variant,
-                    "scale": run["scale"],
-                    **{score: run[score] for score in SCORES},
-                    **{f"d_{score}": 100 * (run[score] - reference[score]) for score in SCORES},
+            record = {
+                "model": model,
+                "base_kind": kind,
+                "variant": variant,
+                "scale": run["scale"],
+                **{score: run[score] for score in SCORES},
+                **{f"d_{score}": 100 * (run[score] - reference[score]) for score in SCORES},
+            }
+            if draws is not None:
+                change = {
+                    score: 100 * (draws[run["config_hash"]][score] - draws[reference["config_hash"]][score])
+                    for score in SCORES
                 }
-            )
+                changes.append(change)
+                for score in SCORES:
+                    record[f"d_{score}_95ci"] = percentile_interval(
+                        record[f"d_{score}"], change[score]
+                    ).format(2)
+            records.append(record)
     per_condition = pd.DataFrame(records)
     if per_condition.empty:
         return per_condition, per_condition
@@ -135,6 +153,19 @@ def ablation_tables(runs: pd.DataFrame, variants: dict) -> tuple[pd.DataFrame, p
             },
         }
     )
+    if draws is not None:
+        reference_variant = next(iter(variants))
+        for score in SCORES:
+            cells, verdicts = [], []
+            for variant in overall["variant"]:
+                indices = grouped.indices[variant]
+                mean_change = np.nanmean(np.stack([changes[index][score] for index in indices]), axis=0)
+                estimate = float(per_condition[f"d_{score}"].iloc[indices].mean())
+                interval = percentile_interval(estimate, mean_change)
+                cells.append(interval.format(2, signed=True))
+                verdicts.append("-" if variant == reference_variant else verdict(interval, -1))
+            overall[f"d_{score}_95ci"] = cells
+            overall[f"verdict_{score}"] = verdicts
     return per_condition, overall
 
 
@@ -266,14 +297,25 @@ def write_ties_report(
                 sharey=False,
             )
         )
-    per_condition, overall = ablation_tables(runs, ABLATION)
+    draws = None
+    if score_intervals.has_examples(rows):
+        bootstrap = PairedBootstrap()
+        draws = score_intervals.study_run_draws(rows, bootstrap)
+    per_condition, overall = ablation_tables(runs, ABLATION, draws)
     if len(overall) > 1:
-        fixed, fixed_overall = ablation_tables(runs, FIXED_SCALE_ABLATION)
+        fixed, fixed_overall = ablation_tables(runs, FIXED_SCALE_ABLATION, draws)
         text = (
             "Change in points (x100 normalized score) against full TIES in the same condition; overall: mean "
             "[min, max] over conditions (model x base kind). Searched variants pick the scale on the validation "
             "splits from the study's `select_grid` (`scale` is the chosen one)."
         )
+        if draws is not None:
+            text += (
+                f" `_95ci`: 95% interval of the change (of the mean change, overall) from a paired bootstrap "
+                f"({bootstrap.draws} draws) over the test examples of each task (whole entities where they share "
+                "one), the same resamples for every run; `verdict`: the paper finds every step helps, so "
+                "reproduced when the interval lies below zero, contradicted when above, else not resolved."
+            )
         body = f"{to_markdown(overall, 2)}\n\n## Per condition\n\n{to_markdown(per_condition)}"
         if len(fixed_overall) > 1:
             body += (
