@@ -117,13 +117,14 @@ def test_chance_correction_on_hand_cases():
     assert intervals.chance_corrected([0.5, 1.0], [1.0, 1.0], [0.5, 0.0]) == pytest.approx([0.0, 1.0])
 
 
-def test_near_chance_flags_references_within_two_standard_errors():
+def test_near_chance_flags_references_within_two_standard_errors_or_below_chance():
     se = intervals.binomial_standard_error(0.315, 100)
     assert se == pytest.approx(math.sqrt(0.315 * 0.685 / 100))
     assert intervals.near_chance(0.315, 1 / 3, se)
     assert not intervals.near_chance(0.6, 1 / 3, intervals.binomial_standard_error(0.6, 100))
     assert intervals.near_chance(0.4, 1 / 3, 0.034)  # 0.0667 <= 2 * 0.034
     assert not intervals.near_chance(0.4, 1 / 3, 0.033)
+    assert intervals.near_chance(0.0, 1 / 6, 0.0)  # below chance is never a usable reference
 
 
 @pytest.mark.parametrize(

@@ -90,6 +90,12 @@ def test_configuration_draws_weight_runs_by_the_resampled_subsets():
     weights = bootstrap.subset_weights([0, 1])
     expected = (weights[:, 0] * draws["r0"]["held_in"] + weights[:, 1] * 1.0) / weights.sum(axis=1)
     assert mean == pytest.approx(expected)
+    # two runs of one seed (variants pooled in one table row) share that seed's weight
+    pooled = pd.DataFrame({"config_hash": ["r0", "r1", "r0"], "subset_seed": [0, 1, 1]})
+    expected = (weights[:, 0] * draws["r0"]["held_in"] + weights[:, 1] * (1.0 + draws["r0"]["held_in"])) / (
+        weights[:, 0] + 2 * weights[:, 1]
+    )
+    assert score_intervals.runs_mean_draws(pooled, draws, "held_in", bootstrap) == pytest.approx(expected)
 
 
 def test_interval_columns_sit_beside_their_scores():

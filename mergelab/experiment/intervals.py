@@ -175,8 +175,9 @@ def binomial_standard_error(score: float, n: int) -> float:
 
 
 def near_chance(reference: float, chance: float, standard_error: float) -> bool:
-    """Whether a reference score lies within 2 standard errors of chance (dividing by it divides by noise)."""
-    return abs(reference - chance) <= 2 * standard_error
+    """Whether a reference score is not clearly above chance: within 2 standard errors of it, or below it
+    (a score normalized by such a reference divides by noise)."""
+    return reference - chance <= 2 * standard_error
 
 
 def verdict(interval: Interval, paper_direction: int) -> str:

@@ -126,7 +126,7 @@ def summary_markdown(rows: pd.DataFrame, summary: pd.DataFrame) -> str:
     reference_text = (
         "## References\n\nEach reference score (held-in: the category's expert; held-out: the base "
         "zero-shot) with its 95% interval, the task's chance level and the bootstrap standard error; "
-        f"`near_chance`: within 2 standard errors of chance, so ratios to it divide by noise "
+        f"`near_chance`: within 2 standard errors of chance or below it, so ratios to it divide by noise "
         f"({len(flagged)} of {len(references)} references)."
     )
     return f"{text}\n\n{to_markdown(table)}\n\n{reference_text}\n\n{to_markdown(references)}\n"

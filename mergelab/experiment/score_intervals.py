@@ -117,10 +117,13 @@ def study_run_draws(rows: pd.DataFrame, bootstrap: PairedBootstrap) -> RunDraws:
 def runs_mean_draws(
     runs: pd.DataFrame, draws: RunDraws, score: str, bootstrap: PairedBootstrap
 ) -> np.ndarray:
-    """Per draw, the mean of `score` over `runs` (rows of a run summary, one per expert subset) weighted by
-    the draw's resample of their subset seeds."""
+    """Per draw, the mean of `score` over `runs` (rows of a run summary) with each run weighted by how
+    often the draw resampled its subset seed (runs that share a seed, e.g. variants pooled in one table
+    row, share its weight; with every weight 1 this is the plain mean)."""
     stacked = np.stack([draws[config_hash][score] for config_hash in runs["config_hash"]], axis=1)
-    return subset_mean(stacked, bootstrap.subset_weights(list(runs["subset_seed"])))
+    seeds = list(dict.fromkeys(runs["subset_seed"]))
+    weights = bootstrap.subset_weights(seeds)[:, [seeds.index(seed) for seed in runs["subset_seed"]]]
+    return subset_mean(stacked, weights)
 
 
 def interval_columns(
@@ -150,7 +153,8 @@ def interval_columns(
 def reference_table(rows: pd.DataFrame, bootstrap: PairedBootstrap) -> pd.DataFrame:
     """Every reference score of the study (per model, base kind and task: the expert held-in, the base
     zero-shot held-out) with its interval, its chance level, its bootstrap standard error and whether it
-    lies within 2 standard errors of chance (`near_chance`: scores normalized by it divide by noise)."""
+    is not clearly above chance (`near_chance`: within 2 standard errors of it, or below; scores normalized
+    by it divide by noise)."""
     records = []
     for row in rows.drop_duplicates(["model", "base_kind", "task"]).itertuples(index=False):
         draws = task_draws(row, "reference_correct", bootstrap)

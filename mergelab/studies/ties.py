@@ -134,7 +134,7 @@ def ablation_tables(
                 for score in SCORES:
                     record[f"d_{score}_95ci"] = percentile_interval(
                         record[f"d_{score}"], change[score]
-                    ).format(2)
+                    ).format(2, signed=True)
             records.append(record)
     per_condition = pd.DataFrame(records)
     if per_condition.empty:
