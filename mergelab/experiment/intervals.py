@@ -60,6 +60,11 @@ def _rng(seed: int, key: object) -> np.random.Generator:
     return np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
 
 
+def _digest(values) -> str:
+    """A short stable digest of a sequence of numbers (examples are integers, correctness 0 / 1)."""
+    return hashlib.sha256(np.asarray(values, dtype=np.float64).tobytes()).hexdigest()[:16]
+
+
 def resample_counts(n: int, draws: int, rng: np.random.Generator) -> np.ndarray:
     """(draws, n) counts: how often each of n units is picked when n are drawn with replacement."""
     if n < 1:
@@ -82,14 +87,37 @@ class PairedBootstrap:
             raise ValueError(f"draws must be >= 1, got {draws}")
         self.draws = draws
         self.seed = seed
-        self._weights: dict[tuple, np.ndarray] = {}
+        self._weights: dict[tuple, object] = {}
+        self._means: dict[tuple, np.ndarray] = {}
 
     def example_weights(
         self, task: str, examples: Sequence[int], clusters: Sequence[Hashable] | None = None
     ) -> np.ndarray:
         """(draws, len(examples)) weights of one task's test examples (identified by their index in the
         split); with `clusters` (one entity per example), whole clusters are resampled."""
-        key = ("examples", task, tuple(int(example) for example in examples), clusters is not None)
+        return self._examples(task, examples, clusters)[0]
+
+    def example_means(
+        self,
+        task: str,
+        examples: Sequence[int],
+        values: Sequence[float],
+        clusters: Sequence[Hashable] | None = None,
+    ) -> np.ndarray:
+        """Per draw, the mean of one task's per-example `values` (no NaN) over its resampled examples
+        (cached: a reference model's values recur in every run that it normalizes)."""
+        values = np.asarray(values, dtype=float)
+        key = ("means", task, _digest(examples), clusters is not None, _digest(values))
+        if key not in self._means:
+            weights, totals = self._examples(task, examples, clusters)
+            self._means[key] = (weights @ values) / totals
+        return self._means[key]
+
+    def _examples(
+        self, task: str, examples: Sequence[int], clusters: Sequence[Hashable] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The cached (weights, weights summed per draw) of one task's examples."""
+        key = ("examples", task, len(examples), _digest(examples), clusters is not None)
         if key not in self._weights:
             rng = _rng(self.seed, key)
             if clusters is None:
@@ -98,7 +126,8 @@ class PairedBootstrap:
                 if len(clusters) != len(examples):
                     raise ValueError(f"task {task}: {len(clusters)} clusters for {len(examples)} examples")
                 counts = cluster_counts(clusters, self.draws, rng)
-            self._weights[key] = counts.astype(float)  # float for matrix products with scores
+            weights = counts.astype(float)  # float for matrix products with scores
+            self._weights[key] = (weights, weights.sum(axis=1))
         return self._weights[key]
 
     def subset_weights(self, subsets: Sequence[Hashable]) -> np.ndarray:

@@ -28,7 +28,6 @@ from mergelab.experiment.intervals import (
     near_chance,
     percentile_interval,
     subset_mean,
-    weighted_mean,
 )
 
 EXAMPLE_COLUMNS = ["examples", "correct", "reference_correct", "multitask_correct", "clusters"]
@@ -64,8 +63,7 @@ def task_draws(row, column: str, bootstrap: PairedBootstrap) -> np.ndarray:
     if not _defined(values):
         return np.full(bootstrap.draws, np.nan)
     clusters = row.clusters if _defined(row.clusters) else None
-    weights = bootstrap.example_weights(row.task, row.examples, clusters)
-    return weighted_mean(np.asarray(values, dtype=float), weights)
+    return bootstrap.example_means(row.task, row.examples, values, clusters)
 
 
 def _mean_over_categories(per_task: dict[str, np.ndarray], category_of: dict[str, str]) -> np.ndarray:
@@ -82,28 +80,27 @@ def _mean_over_categories(per_task: dict[str, np.ndarray], category_of: dict[str
 def run_draws(run: pd.DataFrame, bootstrap: PairedBootstrap) -> dict[str, np.ndarray]:
     """Per score of `SCORE_VIEWS`, the draws of one run's aggregated score (NaN draws when the run has no
     task of that group or no such reference)."""
-    merged, references = {}, {"reference_correct": {}, "multitask_correct": {}}
+    tasks = []  # per row: task, group, category, chance, {column: accuracy draws}
     for row in run.itertuples(index=False):
-        merged[row.task] = task_draws(row, "correct", bootstrap)
-        for column, draws in references.items():
-            draws[row.task] = task_draws(row, column, bootstrap)
-    chance = dict(zip(run["task"], run["chance"]))
-    category_of = dict(zip(run["task"], run["category"]))
+        columns = ("correct", "reference_correct", "multitask_correct")
+        accuracies = {column: task_draws(row, column, bootstrap) for column in columns}
+        tasks.append((row.task, row.group, row.category, row.chance, accuracies))
     scores = {}
     for score, (group, column, kind) in SCORE_VIEWS.items():
-        tasks = run.loc[run["group"] == group, "task"]
-        if tasks.empty:
-            scores[score] = np.full(bootstrap.draws, np.nan)
-            continue
-        per_task = {}
-        for task in tasks:
-            reference = references[column][task]
+        per_task, category_of = {}, {}
+        for task, row_group, category, chance, accuracies in tasks:
+            if row_group != group:
+                continue
+            merged, reference = accuracies["correct"], accuracies[column]
             if kind == "ratio":
                 with np.errstate(invalid="ignore", divide="ignore"):
-                    per_task[task] = np.where(reference != 0, merged[task] / reference, np.nan)
+                    per_task[task] = np.where(reference != 0, merged / reference, np.nan)
             else:
-                per_task[task] = chance_corrected(merged[task], reference, chance[task])
-        scores[score] = _mean_over_categories(per_task, category_of)
+                per_task[task] = chance_corrected(merged, reference, chance)
+            category_of[task] = category
+        scores[score] = (
+            _mean_over_categories(per_task, category_of) if per_task else np.full(bootstrap.draws, np.nan)
+        )
     return scores
 
 
