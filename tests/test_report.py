@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mergelab.experiment import report, results
+from mergelab.experiment import report, results, score_intervals
+from mergelab.experiment.intervals import PairedBootstrap
 from tests.test_results import make_rows
 
 # Two held-in categories (a: two tasks, b: one) and one held-out category.
@@ -128,3 +129,41 @@ def test_settings_of_one_configuration_get_their_own_rows_and_selected_runs_pool
         ("ties", '{"density": 0.2}', 2),
         ("ties", '{"density": 1.0}', 1),
     ]
+
+
+def with_examples(rows: pd.DataFrame, n: int = 20) -> pd.DataFrame:
+    """The rows with per-example correctness whose means are the rows' scores (n examples per task)."""
+
+    def correct(score: float) -> list[int]:
+        ones = round(score * n)
+        return [1] * ones + [0] * (n - ones)
+
+    return rows.assign(
+        chance=0.25,
+        chance_corrected=(rows["value"] - 0.25) / (rows["reference"] - 0.25),
+        examples=[list(range(n))] * len(rows),
+        correct=[correct(value) for value in rows["value"]],
+        reference_correct=[correct(value) for value in rows["reference"]],
+        multitask_correct=None,
+        clusters=None,
+    )
+
+
+def test_summary_gets_intervals_and_flags_references_only_with_per_example_rows():
+    rows = fixture_rows()
+    summary = report.summarize_runs(rows)
+    plain = report.summary_markdown(rows, summary)
+    assert "_95ci" not in plain and "References" not in plain and "_chance" not in plain
+    rows = with_examples(rows)
+    summary = report.summarize_runs(rows)
+    text = report.summary_markdown(rows, summary)
+    header = next(line for line in text.splitlines() if line.startswith("| model"))
+    assert "| held_in | held_in_95ci | held_out | held_out_95ci |" in header
+    assert "| held_in_chance | held_in_chance_95ci | held_out_chance | held_out_chance_95ci |" in header
+    # z2's reference is 0, below chance 0.25; a2's (0.9 on 20 examples) is clearly above it
+    references = score_intervals.reference_table(rows, PairedBootstrap(draws=200))
+    flags = references.drop_duplicates("task").set_index("task")["near_chance"]
+    assert flags["z2"] == "yes" and flags["a2"] == "no"
+    # one run's chance-corrected held-in: a1 (0.4-0.25)/(0.8-0.25), a2 1, b1 (0.3-0.25)/(0.6-0.25)
+    expected = ((0.15 / 0.55 + 1.0) / 2 + 0.05 / 0.35) / 2
+    assert summary["held_in_chance"].iloc[0] == pytest.approx(expected)
