@@ -125,3 +125,13 @@ def test_results_dir_defaults_to_the_environment(tmp_path, monkeypatch):
 def test_git_commit_names_this_checkout():
     commit = results.git_commit()
     assert commit == "unknown" or len(commit.split("-")[0]) == 40
+
+
+def test_rows_recorded_before_per_example_columns_still_write(tmp_path):
+    old = make_rows("h", TASKS).drop(columns=results.LATER_COLUMNS)
+    path = results.write_fragment(old, tmp_path / "old.parquet")
+    back = results.read_fragment(path)
+    assert back["correct"].isna().all() and back["chance"].isna().all()
+    assert list(back["value"]) == list(old["value"])
+    with pytest.raises(results.ResultsError, match=r"missing columns \['value'\]"):
+        results.to_table(old.drop(columns=["value"]))

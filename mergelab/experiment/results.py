@@ -11,6 +11,7 @@ confidence intervals; tables written before those columns existed read back with
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -64,6 +65,8 @@ SCHEMA = pa.schema(
 )
 COLUMNS = SCHEMA.names
 LIST_COLUMNS = [field.name for field in SCHEMA if pa.types.is_list(field.type)]
+# columns added with per-example correctness: rows from before them (read without the schema) lack them
+LATER_COLUMNS = ["chance", "chance_corrected", *LIST_COLUMNS]
 
 
 class ResultsError(ValueError):
@@ -87,7 +90,9 @@ def has_fragment(study: str, config_hash: str, results_dir: str | Path | None = 
 
 
 def to_table(rows: pd.DataFrame) -> pa.Table:
-    """The rows as an Arrow table with exactly the schema's columns and types."""
+    """The rows as an Arrow table with exactly the schema's columns and types; rows recorded before the
+    per-example columns existed (`LATER_COLUMNS`) get them as nulls."""
+    rows = rows.assign(**{name: math.nan for name in LATER_COLUMNS if name not in rows.columns})
     missing = [name for name in COLUMNS if name not in rows.columns]
     extra = [name for name in rows.columns if name not in COLUMNS]
     if missing or extra:
