@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
+
+from mergelab.methods.errors import MergeWarning
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "merge": ("mergelab.api.cli", "merge a base and experts into a checkpoint"),
@@ -21,8 +24,19 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """mergelab's own warnings as one line `mergelab: warning: ...`; others as Python formats them."""
+    if issubclass(category, MergeWarning):
+        return f"mergelab: warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
+_python_format_warning = warnings.formatwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a subcommand; each subcommand module exposes `main(argv: list[str]) -> int`."""
+    warnings.formatwarning = _format_warning
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in {"-h", "--help", "help"}:
         print(usage())

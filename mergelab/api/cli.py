@@ -23,7 +23,17 @@ from mergelab.engine.checkpoint import CheckpointError
 from mergelab.methods import METHODS, MergeConfigError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-JOB_KEYS = ("base", "experts", "out", "device", "overwrite", "max_shard_size", "progress", "data")
+JOB_KEYS = (
+    "base",
+    "experts",
+    "out",
+    "device",
+    "overwrite",
+    "max_shard_size",
+    "progress",
+    "data",
+    "allow_nonfinite",
+)
 REQUIRED_KEYS = ("base", "experts", "out")
 
 
@@ -32,6 +42,7 @@ def help_text() -> str:
     lines = [
         "usage: mergelab merge merge=METHOD base=DIR 'experts=[A,B,...]' out=DIR [merge.OPTION=VALUE ...]",
         "                      [device=auto|cpu|cuda] [overwrite=true|force] [max_shard_size=5GB] [progress=false]",
+        "                      [allow_nonfinite=true]",
         "",
         "Merges experts fine-tuned from one base into a Hugging Face model directory (sharded safetensors,",
         "config and tokenizer copied from the base). base and experts are model directories, safetensors",
@@ -39,6 +50,7 @@ def help_text() -> str:
         "out and renamed into place when complete, with mergelab.json (how it was made) and a README.md",
         "model card. An existing out is replaced only with overwrite=true when mergelab wrote it (it has",
         "mergelab.json), or with overwrite=force; an empty directory is fine.",
+        "NaN or inf in an input (or a merged) tensor is an error unless allow_nonfinite=true.",
         "",
         "example: mergelab merge merge=ties base=/m/base 'experts=[/m/a,/m/b]' out=/m/merged merge.density=0.2",
         "",
@@ -100,8 +112,9 @@ def compose_job(overrides: list[str]) -> DictConfig:
         raise MergeConfigError(f"experts must be a list, e.g. 'experts=[/m/a,/m/b]', not {config.experts!r}")
     if config.data is not None and not OmegaConf.is_list(config.data):
         raise MergeConfigError(f"data must be a list, e.g. 'data=[zoo:color,zoo:place]', not {config.data!r}")
-    if not isinstance(config.progress, bool):
-        raise MergeConfigError(f"progress must be true or false, not {config.progress!r}")
+    for key in ("progress", "allow_nonfinite"):
+        if not isinstance(config[key], bool):
+            raise MergeConfigError(f"{key} must be true or false, not {config[key]!r}")
     if not (isinstance(config.overwrite, bool) or config.overwrite == "force"):
         raise MergeConfigError(f"overwrite must be true, false or force, not {config.overwrite!r}")
     for key, value in [("base", config.base), ("out", config.out)] + [("experts", e) for e in config.experts]:
@@ -127,6 +140,7 @@ def run(overrides: list[str]) -> int:
         max_shard_size=config.max_shard_size,
         progress=config.progress,
         data=None if config.data is None else [str(spec) for spec in config.data],
+        allow_nonfinite=config.allow_nonfinite,
         **hparams,
     )
     return 0

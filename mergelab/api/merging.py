@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from mergelab.api.options import check_job_options
 from mergelab.api.output_options import base_sidecars, open_output
 from mergelab.engine.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from mergelab.engine.device import resolve_device
@@ -39,6 +40,7 @@ def merge_with_report(
     progress: bool = True,
     data: Sequence[str] | None = None,
     statistics_progress: bool | None = None,
+    allow_nonfinite: bool = False,
     **hparams: Any,
 ) -> tuple[dict[str, torch.Tensor] | Path, MergeReport]:
     """Like `merge`, also returning the `MergeReport` (tensors, bytes, seconds, peak memory).
@@ -46,6 +48,7 @@ def merge_with_report(
     `statistics_progress` (default: `progress`) shows the bars and summary lines of statistic computation.
     """
     merge_method = build_method(method, hparams)
+    check_job_options(device=device, max_shard_size=max_shard_size, allow_nonfinite=allow_nonfinite)
     expert_refs = _expert_list(experts)
     options = {"device": device, "max_shard_size": max_shard_size}
     if data is not None:
@@ -96,6 +99,7 @@ def merge_with_report(
                 device=device,
                 progress=progress,
                 statistics=statistics,
+                allow_nonfinite=allow_nonfinite,
             )
         with output:
             output.start(sorted(infos), infos, sidecars)
@@ -107,6 +111,7 @@ def merge_with_report(
                 output=output,
                 progress=progress,
                 statistics=statistics,
+                allow_nonfinite=allow_nonfinite,
             )
             return output.finish(), report
     finally:
@@ -180,6 +185,7 @@ def merge(
     max_shard_size: int | str = "5GB",
     progress: bool = True,
     data: Sequence[str] | None = None,
+    allow_nonfinite: bool = False,
     **hparams: Any,
 ) -> dict[str, torch.Tensor] | Path:
     """Merge `experts` into `base` with `method` (a registered name or a `MergeMethod`).
@@ -194,6 +200,9 @@ def merge(
     cache it under `$MERGELAB_HOME/stats`: `data` gives one data spec per expert, `zoo:<category>` (the
     embedded zoo's train split of that category's tasks) or a directory written by `datasets.save_to_disk`
     with columns prompt, target (and choices, label for classification); see `mergelab.stats.data`.
+
+    NaN or inf in an input tensor, or in a merged tensor from finite inputs, is an error naming the
+    checkpoint, tensor and count; `allow_nonfinite=True` merges anyway, with a warning.
     """
     result, report = merge_with_report(
         base,
@@ -205,6 +214,7 @@ def merge(
         max_shard_size=max_shard_size,
         progress=progress,
         data=data,
+        allow_nonfinite=allow_nonfinite,
         **hparams,
     )
     if progress:

@@ -23,6 +23,7 @@ from mergelab.engine import blockwise
 from mergelab.engine.blockwise import merge_blockwise, upcast
 from mergelab.engine.checkpoint import Checkpoint, CheckpointError, TensorInfo, check_compatible, is_float
 from mergelab.engine.device import peak_rss_bytes, resolve_device
+from mergelab.engine.finite import FiniteCheck
 from mergelab.engine.global_trim import global_trim_contexts
 from mergelab.engine.output import CheckpointOutput
 from mergelab.engine.stream import TensorStream
@@ -49,6 +50,7 @@ class MergeReport:
     peak_device_bytes: int
     device: str
     out: Path | None
+    nonfinite_entries: int = 0  # NaN or inf entries in the merged tensors (only with allow_nonfinite)
 
     def summary(self) -> str:
         line = (
@@ -85,11 +87,13 @@ def merge_checkpoints(
     output: CheckpointOutput | None = None,
     progress: bool = True,
     statistics: Sequence[ExpertStatistic] | None = None,
+    allow_nonfinite: bool = False,
 ) -> tuple[dict[str, torch.Tensor] | None, MergeReport]:
     """Merge `experts` into `base` with `method`; write through `output`, or return a state dict.
 
     A method with a `statistic` needs `statistics`, one per expert: each tensor's entries reach the method
-    in `TensorContext.statistics`, read one tensor at a time.
+    in `TensorContext.statistics`, read one tensor at a time. NaN or inf in an input or a merged tensor is
+    a `NonFiniteError` naming checkpoint, tensor and count, unless `allow_nonfinite` (then a warning).
     """
     infos, compute_device = check_inputs(base, experts, method, device)
     if method.statistic is not None and (statistics is None or len(statistics) != len(experts)):
@@ -103,13 +107,14 @@ def merge_checkpoints(
     started = time.perf_counter()
     if compute_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(compute_device)
-    stream = TensorStream(base, experts, compute_device)
+    finite = FiniteCheck(allow_nonfinite)
+    stream = TensorStream(base, experts, compute_device, finite, check_base=method.uses_base)
     contexts = (
         global_trim_contexts(stream, float_names, method, progress)
         if method.needs_global_trim
         else {name: TensorContext(name=name) for name in float_names}
     )
-    merged = _merge_pass(stream, names, infos, method, contexts, output, progress, statistics)
+    merged = _merge_pass(stream, names, infos, method, contexts, output, progress, statistics, finite)
     peak_device = torch.cuda.max_memory_allocated(compute_device) if compute_device.type == "cuda" else 0
     report = MergeReport(
         tensors=len(names),
@@ -119,6 +124,7 @@ def merge_checkpoints(
         peak_device_bytes=peak_device,
         device=str(compute_device),
         out=output.final_path if output else None,
+        nonfinite_entries=finite.merged_nonfinite,
     )
     return merged, report
 
@@ -164,6 +170,7 @@ def _merge_pass(
     output: CheckpointOutput | None,
     progress: bool,
     statistics: Sequence[ExpertStatistic] | None = None,
+    finite: FiniteCheck | None = None,
 ) -> dict[str, torch.Tensor] | None:
     state_dict: dict[str, torch.Tensor] | None = None if output else {}
     # The bar is updated by hand: wrapping the stream in tqdm would keep each item alive one step longer.
@@ -177,6 +184,8 @@ def _merge_pass(
             if name in contexts:
                 context = _with_statistics(contexts[name], statistics, stream.device)
                 result = merge_tensor(method, base, experts, context, stream.device)
+                if finite is not None:
+                    finite.merged(name, result, method.name)
                 del context
             else:
                 result = base  # non-float tensors and buffers are copied from the base

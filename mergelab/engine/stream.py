@@ -10,22 +10,38 @@ import torch
 
 from mergelab.engine.blockwise import TensorBlocks, upcast
 from mergelab.engine.checkpoint import Checkpoint
+from mergelab.engine.finite import FiniteCheck
 
 
 class TensorStream:
     """Reads (base, experts) name by name, one name ahead of the consumer, on a background thread.
 
     Tensors are read as stored (bf16 checkpoints stay bf16), so the tensors read ahead cost half their
-    float32 size; the consumer upcasts, whole or slice by slice (`mergelab.engine.blockwise`).
+    float32 size; the consumer upcasts, whole or slice by slice (`mergelab.engine.blockwise`). With a
+    `finite` check, each tensor is checked for NaN and inf the first time it is read, on the reader thread
+    (the base only when `check_base`: methods that ignore the base's values do not care).
     """
 
-    def __init__(self, base: Checkpoint, experts: Sequence[Checkpoint], device: torch.device) -> None:
+    def __init__(
+        self,
+        base: Checkpoint,
+        experts: Sequence[Checkpoint],
+        device: torch.device,
+        finite: FiniteCheck | None = None,
+        check_base: bool = True,
+    ) -> None:
         self.base = base
         self.experts = experts
         self.device = device
+        self.finite = finite
+        self.check_base = check_base
 
     def _read(self, name: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        return self.base.get(name), [expert.get(name) for expert in self.experts]
+        base, experts = self.base.get(name), [expert.get(name) for expert in self.experts]
+        if self.finite is not None:
+            labelled = [(expert.label, tensor) for expert, tensor in zip(self.experts, experts)]
+            self.finite.inputs(name, [(self.base.label, base)] * self.check_base + labelled)
+        return base, experts
 
     def read(self, names: Sequence[str]) -> Iterator[tuple[str, torch.Tensor, list[torch.Tensor]]]:
         """(name, base, experts) in `names` order, as stored, on the CPU."""

@@ -16,9 +16,10 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
+from mergelab.methods.errors import MergeConfigError, MergeWarning
+from mergelab.methods.hparams import checked_hparams
 
-class MergeConfigError(ValueError):
-    """A method name or hyperparameter that mergelab cannot accept."""
+__all__ = ["MergeConfigError", "MergeMethod", "MergeWarning", "TensorContext", "TrimRule"]
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class MergeMethod(ABC):
             raise MergeConfigError(
                 f"unknown hyperparameter(s) {unknown} for method '{self.name}'; valid: {valid}"
             )
-        self.params = self.Params(**hparams)
+        self.params = self.Params(**checked_hparams(self.name, self.Params, hparams))
         self.validate()
 
     def validate(self) -> None:

@@ -16,7 +16,14 @@ import torch
 from torch import Tensor
 
 from mergelab.methods.base import MergeMethod, TensorContext
-from mergelab.methods.ties import check_choice, check_density, disjoint_merge, elect_sign, sign_votes
+from mergelab.methods.ties import (
+    check_choice,
+    check_density,
+    check_disjoint_mean_weights,
+    disjoint_merge,
+    elect_sign,
+    sign_votes,
+)
 
 COMBINES = ("linear", "ties")
 
@@ -51,6 +58,8 @@ class Dare(MergeMethod):
     def validate(self) -> None:
         check_density(self.name, self.params.density)
         check_choice(self.name, "combine", self.params.combine, COMBINES)
+        if self.params.combine == "ties":
+            check_disjoint_mean_weights(self.name, self.params.weights)
 
     def sparse_task_vectors(self, base: Tensor, experts: Sequence[Tensor], name: str) -> Tensor:
         """Stack of dropped and rescaled task vectors (experts x tensor)."""

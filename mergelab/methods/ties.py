@@ -16,6 +16,7 @@ disagreeing entries count as zeros ("w/o disjoint mean": the mean of the values 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,6 +41,29 @@ def check_density(method: str, density: float) -> None:
     """Raise MergeConfigError when `density` is outside (0, 1]."""
     if not 0.0 < density <= 1.0:
         raise MergeConfigError(f"method '{method}': density={density} must be in (0, 1]")
+
+
+def check_disjoint_mean_weights(method: str, weights: Sequence[float] | None) -> None:
+    """Raise MergeConfigError when the disjoint mean could divide by zero.
+
+    The mean divides each entry by the total weight of the experts that agree on it, which can be any subset
+    of them: weights with mixed signs such as [1, -1] make some subsets sum to 0 (the division would blow up
+    to ~1e36). A subset of zero weights only is harmless (its numerator is 0 too).
+    """
+    if weights is None or all(weight >= 0 for weight in weights) or all(weight <= 0 for weight in weights):
+        if weights is not None and not any(weights):
+            raise MergeConfigError(f"method '{method}': weights={list(weights)} are all 0")
+        return
+    nonzero = [weight for weight in weights if weight != 0]
+    if len(nonzero) > 16:
+        raise MergeConfigError(f"method '{method}': weights of mixed signs are checked for up to 16 experts")
+    for mask in range(1, 1 << len(nonzero)):
+        subset = [weight for index, weight in enumerate(nonzero) if mask >> index & 1]
+        if len(subset) > 1 and math.isclose(sum(subset), 0.0, abs_tol=1e-12):
+            raise MergeConfigError(
+                f"method '{method}': weights={list(weights)}: the experts weighted {subset} sum to 0, and the "
+                "disjoint mean divides each entry by the weight of the experts agreeing on it"
+            )
 
 
 def sign_votes(task_vectors: Tensor, sign: str) -> Tensor:
@@ -118,6 +142,8 @@ class Ties(MergeMethod):
         weights = self.params.weights
         if self.params.agg == "mean_all" and weights is not None and sum(weights) == 0:
             raise MergeConfigError(f"method '{self.name}': agg='mean_all' needs weights with a nonzero sum")
+        if self.params.agg == "mean":
+            check_disjoint_mean_weights(self.name, weights)
 
     @property
     def needs_global_trim(self) -> bool:
