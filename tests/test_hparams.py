@@ -27,19 +27,37 @@ def checkpoints(tmp_path):
     ("method", "hparams", "message"),
     [
         ("ties", {"density": "0.5"}, "method 'ties': density='0.5' is not valid; expected a number"),
-        ("task_arithmetic", {"scale": None}, "method 'task_arithmetic': scale=None is not valid; expected a number"),
-        ("ties", {"weights": 1.0}, "method 'ties': weights=1.0 is not valid; expected a list of numbers or null"),
+        (
+            "task_arithmetic",
+            {"scale": None},
+            "method 'task_arithmetic': scale=None is not valid; expected a number",
+        ),
+        (
+            "ties",
+            {"weights": 1.0},
+            "method 'ties': weights=1.0 is not valid; expected a list of numbers or null",
+        ),
         ("regmean", {"alpha": "x"}, "method 'regmean': alpha='x' is not valid; expected a number"),
         ("ties", {"density": True}, "method 'ties': density=True is not valid; expected a number"),
         ("dare", {"seed": "abc"}, "method 'dare': seed='abc' is not valid; expected an integer"),
-        ("fisher", {"n_examples": 10.5}, "method 'fisher': n_examples=10.5 is not valid; expected an integer"),
+        (
+            "fisher",
+            {"n_examples": 10.5},
+            "method 'fisher': n_examples=10.5 is not valid; expected an integer",
+        ),
         ("ties", {"elect": "yes"}, "method 'ties': elect='yes' is not valid; expected true or false"),
         ("ties", {"trim_scope": 1}, "method 'ties': trim_scope=1 is not valid; expected a string"),
     ],
 )
 def test_wrongly_typed_hyperparameters_in_python(checkpoints, method, hparams, message):
     with pytest.raises(MergeConfigError) as error:
-        merge(checkpoints / "base.safetensors", [checkpoints / "e.safetensors"], method, progress=False, **hparams)
+        merge(
+            checkpoints / "base.safetensors",
+            [checkpoints / "e.safetensors"],
+            method,
+            progress=False,
+            **hparams,
+        )
     assert str(error.value) == message
 
 

@@ -50,9 +50,7 @@ class FiniteCheck:
         for label, tensor in labelled:
             count = nonfinite_count(tensor)
             if count:
-                message = (
-                    f"{label}: tensor '{name}' has {count} non-finite (NaN or inf) value(s) of {tensor.numel()}"
-                )
+                message = f"{label}: tensor '{name}' has {count} non-finite (NaN or inf) value(s) of {tensor.numel()}"
                 if not self.allow:
                     raise NonFiniteError(message + "; pass allow_nonfinite=true to merge it anyway")
                 warnings.warn(message + " (allow_nonfinite)", MergeWarning, stacklevel=2)

@@ -34,7 +34,11 @@ def _describe(annotation: Any) -> str:
     if origin in (Union, types.UnionType):
         return " or ".join(_describe(arg) for arg in args)
     if origin is tuple:
-        return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s" if len(args) == 2 and args[1] is Ellipsis else "a list"
+        return (
+            f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
+            if len(args) == 2 and args[1] is Ellipsis
+            else "a list"
+        )
     names = {float: "a number", int: "an integer", bool: "true or false", str: "a string", type(None): "null"}
     return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
