@@ -4,8 +4,9 @@ Every method gets the same checks for free, before any work: a `float` field tak
 a bool, a string or NaN/inf; an `int` field takes an int but not a bool; a `bool` field takes only true or
 false; a `str` field only a string; `Literal[...]` one of its choices; `tuple[float, ...]` a list or tuple
 of such floats (a bare number is refused, not iterated); `X | None` also None; `X | Y` either. Values come
-back converted (ints to float for float fields, lists to tuples), so a method's range checks in `validate`
-only ever see well-typed values. Errors are one line naming the method, the option and the value.
+back with lists turned into tuples (an int given for a float field stays as given, so messages and records
+show what the user wrote), and a method's range checks in `validate` only ever see well-typed values.
+Errors are one line naming the method, the option and the value.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def _describe(annotation: Any) -> str:
 
 
 def convert(value: Any, annotation: Any) -> Any:
-    """`value` as a value of `annotation` (ints widened to float, lists to tuples); raises _Mismatch."""
+    """`value` as a value of `annotation` (lists as tuples); raises _Mismatch."""
     origin, args = get_origin(annotation), get_args(annotation)
     if origin is Literal:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool) and value in args:
@@ -80,7 +81,7 @@ def convert(value: Any, annotation: Any) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value):
                 raise _Mismatch("a finite number")
-            return float(value)
+            return value
     elif annotation is str:
         if isinstance(value, str):
             return value

@@ -137,8 +137,6 @@ class Ties(MergeMethod):
         check_choice(self.name, "trim_scope", self.params.trim_scope, TRIM_SCOPES)
         check_choice(self.name, "sign", self.params.sign, SIGN_RULES)
         check_choice(self.name, "agg", self.params.agg, AGGREGATIONS)
-        if not isinstance(self.params.elect, bool):
-            raise MergeConfigError(f"method '{self.name}': elect={self.params.elect!r} must be true or false")
         weights = self.params.weights
         if self.params.agg == "mean_all" and weights is not None and sum(weights) == 0:
             raise MergeConfigError(f"method '{self.name}': agg='mean_all' needs weights with a nonzero sum")

@@ -41,11 +41,11 @@ class Pleas(MergeMethod):
     def validate(self) -> None:
         budget = self.params.budget
         widths = [budget] if isinstance(budget, (int, float)) else list(budget)
-        if not widths or any(not isinstance(w, (int, float)) or isinstance(w, bool) or w < 1 for w in widths):
+        if not widths or any(w < 1 for w in widths):
             raise MergeConfigError(
                 f"method 'pleas': budget={budget!r} must be a width >= 1 (1 = fully merged) or one per block"
             )
-        if not isinstance(self.params.n_examples, int) or self.params.n_examples < 1:
+        if self.params.n_examples < 1:
             raise MergeConfigError(f"method 'pleas': n_examples={self.params.n_examples!r} must be >= 1")
         if self.params.ridge < 0:
             raise MergeConfigError(f"method 'pleas': ridge={self.params.ridge} must be >= 0")
