@@ -19,6 +19,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mergelab.api.override_hint import quote_hint
 from mergelab.engine.checkpoint import CheckpointError
 from mergelab.methods import METHODS, MergeConfigError
 
@@ -155,5 +156,6 @@ def main(argv: list[str]) -> int:
         return run(argv)
     except (CheckpointError, MergeConfigError, HydraException, OmegaConfBaseException) as error:
         message = " ".join(str(error).split()).split(" Config search path")[0] or type(error).__name__
+        message = quote_hint(message, argv)
         print(f"mergelab merge: error: {message}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ import torch
 
 from mergelab.api.options import check_job_options
 from mergelab.api.output_options import base_sidecars, open_output
+from mergelab.api.suspicious import warn_suspicious_inputs
 from mergelab.engine.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from mergelab.engine.device import resolve_device
 from mergelab.engine.lora import is_adapter, open_expert
@@ -50,6 +51,7 @@ def merge_with_report(
     merge_method = build_method(method, hparams)
     check_job_options(device=device, max_shard_size=max_shard_size, allow_nonfinite=allow_nonfinite)
     expert_refs = _expert_list(experts)
+    warn_suspicious_inputs(base, expert_refs)
     options = {"device": device, "max_shard_size": max_shard_size}
     if data is not None:
         options["data"] = list(data)

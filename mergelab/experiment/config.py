@@ -18,11 +18,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from mergelab.experiment import run_checks
+from mergelab.experiment.errors import ConfigError
+
 HASH_VERSION = 1  # bump when the meaning of a run's config changes, so old fragments are not reused
-
-
-class ConfigError(ValueError):
-    """A composed config that mergelab cannot run; the message is one line naming the key at fault."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +102,7 @@ class RunConfig:
     save_merged: bool
     force: bool
     progress: bool
+    allow_nonfinite: bool  # merge inputs with NaN/inf anyway; a non-finite merged model is still not recorded
     select: Literal["none", "validation"]
     select_subset_seed: int | None  # search on this seed's expert subset (None: the run's own subset)
     select_grid: dict[str, dict[str, list[float]]]
@@ -315,6 +315,10 @@ def validate(composed: Any) -> RunSpec:
     plain = _plain(composed)
     config: RunConfig = build_dataclass(RunConfig, plain)
     _check_device(config.device)
+    run_checks.check_study(config.study)
+    run_checks.check_results_dir(config.results_dir)
+    run_checks.check_eval_limits(config.eval.max_examples, config.eval.batch_size)
+    run_checks.check_unique_categories(config.experts.categories)
     _check_report_extension(config.report)
     merge = dict(config.merge)
     method = merge.pop("method", None)
@@ -364,4 +368,5 @@ def validate(composed: Any) -> RunSpec:
         for point in selection_points(config, method, merge):
             _check_method(method, point, f"select_grid.{method}")
     categories = choose_categories(config)
+    run_checks.check_expert_weights(method, merge, len(categories))
     return RunSpec(config, method, merge, categories, config_hash(config, categories))

@@ -214,6 +214,7 @@ def write_report(rows: pd.DataFrame, out_dir: Path, settings: ReportConfig | Non
 def main(argv: list[str]) -> int:
     """`mergelab report experiment=NAME [results_dir=...]`: tables and figures of the study."""
     from mergelab.experiment.config import ConfigError
+    from mergelab.experiment.run_checks import check_study
     from mergelab.experiment.sweep import compose
 
     if not argv or argv[0] in {"-h", "--help"}:
@@ -221,10 +222,11 @@ def main(argv: list[str]) -> int:
         return 0
     try:
         config = compose(argv)
-    except ConfigError as error:
+        check_study(config.study)
+        rows = results.load(config.study, config.results_dir)
+    except (ConfigError, results.ResultsError) as error:
         print(f"mergelab report: error: {error}", file=sys.stderr)
         return 2
-    rows = results.load(config.study, config.results_dir)
     if rows.empty:
         print(
             f"mergelab report: error: no results for study '{config.study}' in "

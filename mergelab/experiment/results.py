@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mergelab.engine.provenance import git_commit  # noqa: F401  (re-exported: result rows record it)
+from mergelab.methods import MergeWarning
 
 SCHEMA = pa.schema(
     [
@@ -86,7 +88,18 @@ def fragment_path(study: str, config_hash: str, results_dir: str | Path | None =
 
 
 def has_fragment(study: str, config_hash: str, results_dir: str | Path | None = None) -> bool:
-    return fragment_path(study, config_hash, results_dir).is_file()
+    """True when the run's fragment exists and is readable with this schema (a corrupt one is not done)."""
+    path = fragment_path(study, config_hash, results_dir)
+    return path.is_file() and fragment_problem(path) is None
+
+
+def fragment_problem(path: Path) -> str | None:
+    """Why the fragment at `path` cannot be used (truncated, not parquet, another schema), or None."""
+    try:
+        read_fragment(path)
+    except ResultsError as error:
+        return str(error)
+    return None
 
 
 def to_table(rows: pd.DataFrame) -> pa.Table:
@@ -124,7 +137,23 @@ def write_fragment(rows: pd.DataFrame, path: Path) -> Path:
 
 
 def read_fragment(path: Path) -> pd.DataFrame:
-    return pq.read_table(path, schema=SCHEMA).to_pandas()
+    """The rows of one fragment; ResultsError names the file when it is unreadable or of another schema."""
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as error:
+        raise ResultsError(
+            f"{path}: not a readable results fragment (truncated or not parquet: {error})"
+        ) from None
+    found = {field.name: field.type for field in table.schema}
+    missing = [name for name in COLUMNS if name not in found]
+    unknown = [name for name in found if name not in SCHEMA.names]
+    retyped = [name for name in COLUMNS if name in found and found[name] != SCHEMA.field(name).type]
+    if missing or unknown or retyped:
+        raise ResultsError(
+            f"{path}: not a mergelab results fragment of this schema (missing columns {missing}, "
+            f"unknown {unknown}, other types {retyped})"
+        )
+    return table.select(COLUMNS).cast(SCHEMA).to_pandas()
 
 
 def empty_frame() -> pd.DataFrame:
@@ -132,8 +161,30 @@ def empty_frame() -> pd.DataFrame:
 
 
 def load(study: str, results_dir: str | Path | None = None) -> pd.DataFrame:
-    """Every row of `study`, gathered from its fragments (hidden temporary files are ignored)."""
+    """Every row of `study`, gathered from its fragments (hidden temporary files are ignored).
+
+    A fragment that cannot be read or has another schema is a ResultsError naming it. A run (config hash)
+    found in several fragments (a copied file) is kept once, from the fragment named by its hash if there
+    is one, with a warning naming the files.
+    """
     paths = sorted(fragment_dir(study, results_dir).glob("[!.]*.parquet"))
     if not paths:
         return empty_frame()
-    return pd.concat([read_fragment(path) for path in paths], ignore_index=True)
+    runs: dict[str, tuple[Path, pd.DataFrame]] = {}
+    for path in paths:
+        for config_hash, run in read_fragment(path).groupby("config_hash", sort=False):
+            if config_hash not in runs:
+                runs[config_hash] = (path, run)
+                continue
+            previous = runs[config_hash][0]
+            kept, dropped = (path, previous) if path.stem == config_hash else (previous, path)
+            runs[config_hash] = (path, run) if kept == path else runs[config_hash]
+            warnings.warn(
+                f"run {config_hash[:12]} is in both {kept} and {dropped}; its rows are kept once, from {kept}",
+                MergeWarning,
+                stacklevel=2,
+            )
+    if not runs:
+        return empty_frame()
+    return pd.concat([run for _, run in runs.values()], ignore_index=True)
+

@@ -15,6 +15,7 @@ in this process, one run after another.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -29,11 +30,13 @@ import pandas as pd
 import torch
 
 from mergelab import zoo
+from mergelab.api.override_hint import quote_hint
+from mergelab.engine.checkpoint import CheckpointError
 from mergelab.engine.device import resolve_device
 from mergelab.engine.models import load_model, load_tokenizer
 from mergelab.eval import suites
 from mergelab.eval.tasks import TaskOutcome
-from mergelab.experiment import results
+from mergelab.experiment import results, run_checks, watchdog
 from mergelab.experiment.config import (
     ConfigError,
     RunSpec,
@@ -43,8 +46,10 @@ from mergelab.experiment.config import (
     validate,
 )
 from mergelab.experiment.intervals import chance_corrected
+from mergelab.experiment.model_checks import refuse_nonfinite_model, refuse_nonfinite_scores
 from mergelab.experiment.scoring import METRIC_OF_KIND, ReferenceCache, score_tasks, task_outcomes
-from mergelab.experiment.sweep import CONF_DIR, CONFIG_NAME, plan
+from mergelab.experiment.sweep import CONF_DIR, CONFIG_NAME, launches_here, plan
+from mergelab.methods import MergeConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +152,7 @@ def merge_and_load(
             progress=False,
             data=data,
             statistics_progress=spec.config.progress,
+            allow_nonfinite=spec.config.allow_nonfinite,
             **hparams,
         )
         return load_model(out, device), report
@@ -158,6 +164,7 @@ def merge_and_load(
         progress=False,
         data=data,
         statistics_progress=spec.config.progress,
+        allow_nonfinite=spec.config.allow_nonfinite,
         **hparams,
     )
     state_dict = {name: tensor.cpu() for name, tensor in state_dict.items()}
@@ -306,11 +313,13 @@ def execute(spec: RunSpec) -> pd.DataFrame:
         Path(config.results_dir) / config.study / "merged" / spec.config_hash if config.save_merged else None
     )
     model, report = merge_and_load(spec, models, hparams, device, out)
+    refuse_nonfinite_model(spec, model)
     started = time.perf_counter()
     kinds = {name: kind for name, (kind, _, _) in tasks.items()}
     outcomes = task_outcomes(
         model, tokenizer, kinds, config.eval.split, config.eval, progress=config.progress, desc="merged"
     )
+    refuse_nonfinite_scores(spec, {name: outcome.score for name, outcome in outcomes.items()})
     eval_seconds = time.perf_counter() - started
     primary, multitask = reference_outcomes(spec, models, tasks, config.eval.split, cache)
     facts = {
@@ -344,8 +353,13 @@ def run_one(cfg: Any) -> pd.DataFrame:
     config = spec.config
     path = results.fragment_path(config.study, spec.config_hash, config.results_dir)
     if path.is_file() and not config.force:
-        print(f"run {spec.run_id}: done before, skipped ({path})")
-        return results.read_fragment(path)
+        try:
+            rows = results.read_fragment(path)
+        except results.ResultsError as error:
+            print(f"run {spec.run_id}: {error}; running it again")
+        else:
+            print(f"run {spec.run_id}: done before, skipped ({path})")
+            return rows
     rows = execute(spec)
     results.write_fragment(rows, path)
     log_run(config, spec, rows)
@@ -362,7 +376,13 @@ def run_study(experiment: str, overrides: list[str] | None = None) -> pd.DataFra
 
 
 def _hydra_job(cfg) -> None:
-    run_one(cfg)
+    """One job of a launcher: a run whose input mergelab refuses prints one line and records nothing (the
+    sweep's summary then counts it as missing); a worker stops when the sweep's process dies."""
+    watchdog.stop_with_parent()
+    try:
+        run_one(cfg)
+    except (ConfigError, CheckpointError, MergeConfigError) as error:
+        print(f"mergelab run: error: {' '.join(str(error).split())}", file=sys.stderr)
 
 
 def _launch(args: list[str]) -> int:
@@ -391,24 +411,33 @@ def main(argv: list[str]) -> int:
     overrides = [arg for arg in argv if not arg.startswith("-")]
     try:
         specs = [validate(cfg) for _, cfg in plan(overrides, multirun=bool(flags))]
+        jobs_run_here = launches_here(overrides)
         for spec in specs:
             locate_models(spec)
+            if jobs_run_here:
+                run_checks.check_device_available(spec.config.device)
     except ConfigError as error:
-        print(f"mergelab run: error: {error}", file=sys.stderr)
+        print(f"mergelab run: error: {quote_hint(str(error), argv)}", file=sys.stderr)
         return 2
 
     def done(spec: RunSpec) -> bool:
-        return results.has_fragment(spec.config.study, spec.config_hash, spec.config.results_dir)
+        path = results.fragment_path(spec.config.study, spec.config_hash, spec.config.results_dir)
+        if not path.is_file():
+            return False
+        problem = results.fragment_problem(path)
+        if problem is not None:
+            print(f"mergelab run: warning: {problem}; run {spec.run_id} runs again", file=sys.stderr)
+        return problem is None
 
     pending = [spec for spec in specs if spec.config.force or not done(spec)]
+    os.environ[watchdog.SWEEP_PID_VARIABLE] = str(os.getpid())
     code = _launch(argv) if pending else 0  # a finished sweep is not relaunched (resume is instant)
-    frames = [
-        results.read_fragment(path)
-        for spec in specs
-        if (
-            path := results.fragment_path(spec.config.study, spec.config_hash, spec.config.results_dir)
-        ).is_file()
-    ]
+    frames = []
+    for spec in specs:
+        path = results.fragment_path(spec.config.study, spec.config_hash, spec.config.results_dir)
+        if path.is_file():
+            with contextlib.suppress(results.ResultsError):  # named above; its run failed again
+                frames.append(results.read_fragment(path))
     if len(specs) > 1 and frames:
         print_summary(pd.concat(frames, ignore_index=True))
     done = len(frames)

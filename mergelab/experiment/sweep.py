@@ -90,6 +90,20 @@ def expand(overrides: list[str], multirun: bool) -> list[list[str]]:
     return batch
 
 
+# Launchers whose jobs run on other machines (checks of this machine's devices do not apply to them).
+REMOTE_LAUNCHERS = ("SlurmLauncher", "RayLauncher")
+
+
+def launches_here(overrides: list[str]) -> bool:
+    """Whether the launcher chosen by `overrides` runs the jobs on this machine (basic, joblib, local)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    fixed = [override.input_line for override in parsed if not override.is_sweep_override()]
+    target = str(compose(fixed, with_hydra=True).hydra.launcher.get("_target_", ""))
+    return not target.endswith(REMOTE_LAUNCHERS)
+
+
 def plan(overrides: list[str], multirun: bool) -> list[tuple[list[str], DictConfig]]:
     """Every run of the command line as (its overrides, its composed config), composed up front."""
     return [(run_overrides, compose(run_overrides)) for run_overrides in expand(overrides, multirun)]

@@ -3,4 +3,12 @@
 from mergelab.methods.base import MergeConfigError, MergeMethod, MergeWarning, TensorContext, TrimRule
 from mergelab.methods.registry import METHODS, get_method
 
-__all__ = ["METHODS", "MergeConfigError", "MergeMethod", "MergeWarning", "TensorContext", "TrimRule", "get_method"]
+__all__ = [
+    "METHODS",
+    "MergeConfigError",
+    "MergeMethod",
+    "MergeWarning",
+    "TensorContext",
+    "TrimRule",
+    "get_method",
+]

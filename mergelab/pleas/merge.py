@@ -121,10 +121,18 @@ def calibration_batches(
     base_dir: Path, data: Sequence[str] | None, n_experts: int, n_examples: int
 ) -> list[Batch]:
     """The token batches every expert is run on (the base's tokenizer; padded with pad, else eos)."""
+    from mergelab.engine.checkpoint import CheckpointError
     from mergelab.engine.models import load_tokenizer
     from mergelab.eval.inputs import padding_id
 
-    tokenizer = load_tokenizer(base_dir)
+    try:
+        tokenizer = load_tokenizer(base_dir)
+    except (OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"base {base_dir}: no tokenizer could be loaded ({reason}); method 'pleas' tokenizes its "
+            "calibration data with the base's tokenizer, so give a base directory with tokenizer files"
+        ) from None
     examples = calibration_examples(data, n_experts, tokenizer, n_examples)
     return token_batches(examples, BATCH_SIZE, padding_id(tokenizer))
 
