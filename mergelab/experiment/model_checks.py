@@ -8,6 +8,7 @@ small next to evaluating the model.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 
@@ -18,7 +19,8 @@ from mergelab.engine.finite import NonFiniteError, nonfinite_count
 
 def refuse_nonfinite_model(spec, model: torch.nn.Module) -> None:
     """Raise NonFiniteError naming the first parameters with NaN or inf and the total count."""
-    counts = {name: nonfinite_count(tensor.detach()) for name, tensor in model.state_dict().items()}
+    tensors = itertools.chain(model.named_parameters(), model.named_buffers())  # tied weights once
+    counts = {name: nonfinite_count(tensor.detach()) for name, tensor in tensors}
     bad = {name: count for name, count in counts.items() if count}
     if bad:
         names = ", ".join(f"'{name}' ({count})" for name, count in list(bad.items())[:3])

@@ -1,0 +1,119 @@
+"""`mergelab run` refuses bad configs while planning, before any job, and never records a non-finite model
+(issue 16.2 and 16.5); sweep workers stop when the sweep's process dies (issue 16.3)."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import torch
+
+from mergelab.engine.finite import NonFiniteError
+from mergelab.experiment import results, runner
+from mergelab.experiment.config import validate
+from mergelab.experiment.sweep import compose
+from tests.zoo_fixture import micro_run_overrides
+
+
+def plan_error(capsys, tmp_path, *extra: str) -> str:
+    """The error line of a `mergelab run` that planning refuses; nothing may be written under tmp_path."""
+    before = sorted(tmp_path.rglob("*"))
+    assert runner.main(micro_run_overrides(tmp_path / "results", *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mergelab run: error: ") and len(err.strip().splitlines()) == 1
+    assert sorted(tmp_path.rglob("*")) == before
+    return err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("study=../../x",), "study: '../../x' is not allowed; use a plain name"),
+        (("study=",), "study: '' is not allowed"),
+        (("study=a/b",), "study: 'a/b' is not allowed"),
+        (("eval.max_examples=0",), "eval.max_examples: 0 is not allowed; allowed: >= 1 or null"),
+        (("eval.max_examples=-3",), "eval.max_examples: -3 is not allowed"),
+        (("merge=average", "merge.weights=[1,2,3]"), "method 'average': weights has 3 entries for 2 experts"),
+        (("merge.density=abc",), "method 'ties': density='abc' is not valid; expected a number"),
+        (("merge.scale=nan",), "method 'ties': scale=nan is not valid; expected a finite number"),
+        (("experts.categories=[color,color]",), "experts.categories: 'color' is named more than once"),
+    ],
+)
+def test_bad_run_configs_are_refused_while_planning(micro_zoo, tmp_path, capsys, extra, message):
+    assert message in plan_error(capsys, tmp_path, *extra)
+
+
+def test_results_dir_that_is_a_file_is_refused_while_planning(micro_zoo, tmp_path, capsys):
+    target = tmp_path / "results"
+    target.write_text("not a directory")
+    assert runner.main(micro_run_overrides(target)) == 2
+    assert f"results_dir: '{target}' is not a directory" in capsys.readouterr().err
+    assert target.read_text() == "not a directory"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_a_gpu_is_refused_while_planning(micro_zoo, tmp_path, capsys):
+    err = plan_error(capsys, tmp_path, "device=cuda")
+    assert "device: device=cuda requested but no CUDA device is available" in err
+
+
+def test_a_non_finite_merged_model_is_never_recorded(micro_zoo, tmp_path, monkeypatch, capsys):
+    merge_and_load = runner.merge_and_load
+
+    def poisoned(*args, **kwargs):
+        model, report = merge_and_load(*args, **kwargs)
+        with torch.no_grad():
+            next(model.parameters()).view(-1)[:3] = math.nan
+        return model, report
+
+    monkeypatch.setattr(runner, "merge_and_load", poisoned)
+    config = compose(micro_run_overrides(tmp_path))
+    spec = validate(config)
+    with pytest.raises(NonFiniteError, match=r"the merged model has 3 non-finite value\(s\) in 1 tensor"):
+        runner.run_one(config)
+    assert runner.main(micro_run_overrides(tmp_path)) == 1  # the job names the error, the sweep counts 0/1
+    assert "mergelab run: error: run " in capsys.readouterr().err
+    assert not results.fragment_path("t", spec.config_hash, tmp_path).exists()
+
+
+def test_non_finite_scores_are_never_recorded(micro_zoo, tmp_path, monkeypatch):
+    scored = runner.score_tasks
+    monkeypatch.setattr(runner, "score_tasks", lambda *a, **k: {task: math.nan for task in scored(*a, **k)})
+    config = compose(micro_run_overrides(tmp_path))
+    with pytest.raises(NonFiniteError, match="non-finite score on"):
+        runner.run_one(config)
+    assert not list(tmp_path.rglob("*.parquet"))
+
+
+def sweep_workers(parent: psutil.Process, timeout: float) -> list[psutil.Process]:
+    """The loky worker processes of a running sweep (children that run Python), once one is at work."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers = [child for child in parent.children(recursive=True) if "loky" in " ".join(child.cmdline())]
+        if workers and any(worker.cpu_percent(interval=0.2) > 0 for worker in workers):
+            return workers
+        time.sleep(0.5)
+    raise AssertionError("no sweep worker started")
+
+
+@pytest.mark.slow
+def test_sweep_workers_die_with_the_killed_parent(micro_zoo, tmp_path):
+    env = {**os.environ, "MERGELAB_HOME": str(micro_zoo), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "mergelab.cli", "run", "-m", "experiment=micro_smoke", "progress=false"]
+    command += ["device=cpu", f"results_dir={tmp_path}", "hydra.launcher.n_jobs=2"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        workers = sweep_workers(psutil.Process(process.pid), timeout=240)
+        process.send_signal(signal.SIGKILL)  # the parent only: its workers must notice by themselves
+        process.wait()
+        gone, alive = psutil.wait_procs(workers, timeout=15)
+        assert not alive, f"workers still running after their parent died: {[p.pid for p in alive]}"
+    finally:
+        for child in psutil.Process().children(recursive=True):
+            child.kill()
