@@ -91,15 +91,14 @@ def test_non_finite_scores_are_never_recorded(micro_zoo, tmp_path, monkeypatch):
     assert not list(tmp_path.rglob("*.parquet"))
 
 
-def sweep_workers(parent: psutil.Process, timeout: float) -> list[psutil.Process]:
-    """The loky worker processes of a running sweep (children that run Python), once one is at work."""
+def sweep_workers(parent: psutil.Process, sweep_dir, timeout: float) -> list[psutil.Process]:
+    """The loky processes of a running sweep, once a job has started (Hydra made its job directory)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        workers = [child for child in parent.children(recursive=True) if "loky" in " ".join(child.cmdline())]
-        if workers and any(worker.cpu_percent(interval=0.2) > 0 for worker in workers):
-            return workers
-        time.sleep(0.5)
-    raise AssertionError("no sweep worker started")
+        if list(sweep_dir.glob("hydra/multirun-*/0")):
+            return [child for child in parent.children(recursive=True) if "loky" in " ".join(child.cmdline())]
+        time.sleep(0.2)
+    raise AssertionError("no sweep job started")
 
 
 @pytest.mark.slow
@@ -109,7 +108,8 @@ def test_sweep_workers_die_with_the_killed_parent(micro_zoo, tmp_path):
     command += ["device=cpu", f"results_dir={tmp_path}", "hydra.launcher.n_jobs=2"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        workers = sweep_workers(psutil.Process(process.pid), timeout=240)
+        workers = sweep_workers(psutil.Process(process.pid), tmp_path / "micro_smoke", timeout=240)
+        assert len(workers) >= 2  # two workers (plus loky's resource tracker)
         process.send_signal(signal.SIGKILL)  # the parent only: its workers must notice by themselves
         process.wait()
         gone, alive = psutil.wait_procs(workers, timeout=15)

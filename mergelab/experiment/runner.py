@@ -430,7 +430,7 @@ def main(argv: list[str]) -> int:
         return problem is None
 
     pending = [spec for spec in specs if spec.config.force or not done(spec)]
-    os.environ[watchdog.SWEEP_PID_VARIABLE] = str(os.getpid())
+    watchdog.export_sweep_process()
     code = _launch(argv) if pending else 0  # a finished sweep is not relaunched (resume is instant)
     frames = []
     for spec in specs:
