@@ -40,8 +40,8 @@ def plan_error(capsys, tmp_path, *extra: str) -> str:
         (("eval.max_examples=0",), "eval.max_examples: 0 is not allowed; allowed: >= 1 or null"),
         (("eval.max_examples=-3",), "eval.max_examples: -3 is not allowed"),
         (("merge=average", "merge.weights=[1,2,3]"), "method 'average': weights has 3 entries for 2 experts"),
-        (("merge.density=abc",), "method 'ties': density='abc' is not valid; expected a number"),
-        (("merge.scale=nan",), "method 'ties': scale=nan is not valid; expected a finite number"),
+        (("merge.density=abc",), "method 'ties': density='abc' must be a finite number"),
+        (("merge.scale=nan",), "method 'ties': scale=nan must be a finite number"),
         (("experts.categories=[color,color]",), "experts.categories: 'color' is named more than once"),
     ],
 )

@@ -96,7 +96,7 @@ def test_ablation_options_work_with_global_trimming_through_the_engine():
     ("hparams", "message"),
     [
         ({"agg": "median"}, "agg='median' is not one of ['mean', 'sum', 'mean_all']"),
-        ({"elect": "no"}, "elect='no' is not valid; expected true or false"),
+        ({"elect": "no"}, "elect='no' must be true or false"),
         ({"agg": "mean_all", "weights": [1, -1]}, "agg='mean_all' needs weights with a nonzero sum"),
     ],
 )

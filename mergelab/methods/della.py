@@ -28,7 +28,13 @@ from torch import Tensor
 from mergelab.methods.base import MergeConfigError, MergeMethod, TensorContext
 from mergelab.methods.dare import mask_seed
 from mergelab.methods.options import check_integer, check_real, check_weights
-from mergelab.methods.ties import check_choice, disjoint_merge, elect_sign, sign_votes
+from mergelab.methods.ties import (
+    check_choice,
+    check_disjoint_mean_weights,
+    disjoint_merge,
+    elect_sign,
+    sign_votes,
+)
 
 COMBINES = ("ties", "linear")
 
@@ -83,6 +89,8 @@ class Della(MergeMethod):
         check_choice(self.name, "combine", self.params.combine, COMBINES)
         check_integer(self.name, "seed", self.params.seed)
         check_weights(self.name, self.params.weights)
+        if self.params.combine == "ties":
+            check_disjoint_mean_weights(self.name, self.params.weights)
 
     def sparse_task_vectors(self, base: Tensor, experts: Sequence[Tensor], name: str) -> Tensor:
         """Stack of MagPruned and rescaled task vectors (experts x tensor)."""

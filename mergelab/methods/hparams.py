@@ -27,6 +27,16 @@ class _Mismatch(Exception):
         self.expected = expected
 
 
+SINGULAR = {
+    float: "a finite number",
+    int: "an integer",
+    bool: "true or false",
+    str: "a string",
+    type(None): "null",
+}
+PLURAL = {float: "numbers", int: "integers", bool: "booleans", str: "strings"}
+
+
 def _describe(annotation: Any) -> str:
     """What a value of `annotation` looks like, for the error message."""
     origin, args = get_origin(annotation), get_args(annotation)
@@ -36,12 +46,11 @@ def _describe(annotation: Any) -> str:
         return " or ".join(_describe(arg) for arg in args)
     if origin is tuple:
         return (
-            f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
+            f"a list of {PLURAL.get(args[0], 'values')}"
             if len(args) == 2 and args[1] is Ellipsis
             else "a list"
         )
-    names = {float: "a number", int: "an integer", bool: "true or false", str: "a string", type(None): "null"}
-    return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
+    return SINGULAR.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
 def convert(value: Any, annotation: Any) -> Any:
@@ -79,9 +88,8 @@ def convert(value: Any, annotation: Any) -> Any:
             return value
     elif annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise _Mismatch("a finite number")
-            return value
+            if math.isfinite(value):
+                return value
     elif annotation is str:
         if isinstance(value, str):
             return value
@@ -99,6 +107,6 @@ def checked_hparams(method: str, params: type, hparams: Mapping[str, Any]) -> di
             converted[name] = convert(value, hints[name])
         except _Mismatch as mismatch:
             raise MergeConfigError(
-                f"method '{method}': {name}={value!r} is not valid; expected {mismatch.expected}"
+                f"method '{method}': {name}={value!r} must be {mismatch.expected}"
             ) from None
     return converted
