@@ -33,8 +33,8 @@ def nonfinite_count(tensor: torch.Tensor) -> int:
 class FiniteCheck:
     """Checks inputs and results of one merge; with `allow` it warns instead of raising and counts.
 
-    `merged_nonfinite` is the number of non-finite entries written, so that callers (`mergelab run`) can
-    refuse a non-finite model without another pass over it.
+    `merged_nonfinite` counts the non-finite entries of the merged tensors (nonzero only when allowed); the
+    merge reports it in `MergeReport.nonfinite_entries`.
     """
 
     def __init__(self, allow: bool = False) -> None:
@@ -50,7 +50,10 @@ class FiniteCheck:
         for label, tensor in labelled:
             count = nonfinite_count(tensor)
             if count:
-                message = f"{label}: tensor '{name}' has {count} non-finite (NaN or inf) value(s) of {tensor.numel()}"
+                message = (
+                    f"{label}: tensor '{name}' has {count} non-finite (NaN or inf) value(s) "
+                    f"of {tensor.numel()}"
+                )
                 if not self.allow:
                     raise NonFiniteError(message + "; pass allow_nonfinite=true to merge it anyway")
                 warnings.warn(message + " (allow_nonfinite)", MergeWarning, stacklevel=2)

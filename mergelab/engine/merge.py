@@ -59,6 +59,8 @@ class MergeReport:
         )
         if self.peak_device_bytes:
             line += f", peak GPU memory {self.peak_device_bytes / 2**30:.2f} GiB"
+        if self.nonfinite_entries:
+            line += f"; {self.nonfinite_entries} non-finite merged values (allow_nonfinite)"
         return line + (f" -> {self.out}" if self.out else "")
 
 

@@ -42,8 +42,9 @@ class Pleas(MergeMethod):
         budget = self.params.budget
         widths = [budget] if isinstance(budget, (int, float)) else list(budget)
         if not widths or any(w < 1 for w in widths):
+            shown = budget if isinstance(budget, (int, float)) else widths  # as the user wrote it: a list
             raise MergeConfigError(
-                f"method 'pleas': budget={budget!r} must be a width >= 1 (1 = fully merged) or one per block"
+                f"method 'pleas': budget={shown!r} must be a width >= 1 (1 = fully merged) or one per block"
             )
         if self.params.n_examples < 1:
             raise MergeConfigError(f"method 'pleas': n_examples={self.params.n_examples!r} must be >= 1")
