@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 from mergelab.engine.finite import NonFiniteError
-from mergelab.experiment import results, runner
+from mergelab.experiment import results, runner, watchdog
 from mergelab.experiment.config import validate
 from mergelab.experiment.sweep import compose
 from tests.zoo_fixture import micro_run_overrides
@@ -117,3 +118,26 @@ def test_sweep_workers_die_with_the_killed_parent(micro_zoo, tmp_path):
     finally:
         for child in psutil.Process().children(recursive=True):
             child.kill()
+
+
+def watched_job(pid: int, started: float) -> subprocess.Popen:
+    """A Python process that behaves like a job of the sweep process `pid` (started at `started`): it
+    starts the watchdog, then idles."""
+    env = {**os.environ, watchdog.SWEEP_VARIABLE: f"{socket.gethostname()}:{pid}:{started!r}"}
+    code = (
+        "import time; from mergelab.experiment import watchdog; watchdog.stop_with_parent(); time.sleep(60)"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], env=env)
+
+
+def test_a_job_exits_when_its_sweep_process_dies_or_is_already_gone():
+    sweep = subprocess.Popen(["sleep", "60"])
+    started = psutil.Process(sweep.pid).create_time()
+    job = watched_job(sweep.pid, started)
+    time.sleep(1.5)
+    assert job.poll() is None  # the sweep lives: the job runs
+    sweep.kill()  # a zombie until reaped below: the job must not wait for the reaping
+    assert job.wait(timeout=20) == watchdog.EXIT_CODE
+    sweep.wait()
+    late = watched_job(sweep.pid, started)  # the job only starts after its sweep died
+    assert late.wait(timeout=20) == watchdog.EXIT_CODE

@@ -430,8 +430,8 @@ def main(argv: list[str]) -> int:
         return problem is None
 
     pending = [spec for spec in specs if spec.config.force or not done(spec)]
-    watchdog.export_sweep_process()
-    code = _launch(argv) if pending else 0  # a finished sweep is not relaunched (resume is instant)
+    with watchdog.sweep_process_exported():
+        code = _launch(argv) if pending else 0  # a finished sweep is not relaunched (resume is instant)
     frames = []
     for spec in specs:
         path = results.fragment_path(spec.config.study, spec.config_hash, spec.config.results_dir)

@@ -11,10 +11,12 @@ the launching process itself (basic launcher) start nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
 
 import psutil
 
@@ -25,10 +27,20 @@ EXIT_CODE = 137  # as if killed, like the parent
 _started = False
 
 
-def export_sweep_process() -> None:
-    """Name this process as the sweep's, for the jobs it launches (they inherit the environment)."""
+@contextlib.contextmanager
+def sweep_process_exported() -> Iterator[None]:
+    """Name this process as the sweep's for the jobs launched inside the block (they inherit the
+    environment); the previous value is restored afterwards."""
+    previous = os.environ.get(SWEEP_VARIABLE)
     started = psutil.Process().create_time()
     os.environ[SWEEP_VARIABLE] = f"{socket.gethostname()}:{os.getpid()}:{started!r}"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(SWEEP_VARIABLE, None)
+        else:
+            os.environ[SWEEP_VARIABLE] = previous
 
 
 def _sweep_process() -> tuple[int, float] | None:
