@@ -79,3 +79,15 @@ def test_report_keeps_one_copy_of_a_run_found_in_two_fragments(tmp_path):
 def test_report_refuses_a_study_that_is_not_a_plain_name(tmp_path, capsys, study):
     assert report.main([f"study={study}", f"results_dir={tmp_path}"]) == 2
     assert "is not allowed; use a plain name" in capsys.readouterr().err
+
+
+def test_a_fragment_from_before_the_per_example_columns_is_still_a_fragment(tmp_path):
+    """Older fragments lack only `LATER_COLUMNS`: they read back with those null, and count as done."""
+    rows = make_rows(HASH, TASKS)
+    path = results.fragment_path("s", HASH, tmp_path)
+    path.parent.mkdir(parents=True)
+    older = results.to_table(rows).drop_columns(results.LATER_COLUMNS)
+    pq.write_table(older, path)
+    assert results.has_fragment("s", HASH, tmp_path)
+    loaded = results.read_fragment(path)
+    assert list(loaded.columns) == results.COLUMNS and loaded["chance"].isna().all()

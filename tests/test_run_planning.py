@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -84,8 +85,12 @@ def test_a_non_finite_merged_model_is_never_recorded(micro_zoo, tmp_path, monkey
 
 
 def test_non_finite_scores_are_never_recorded(micro_zoo, tmp_path, monkeypatch):
-    scored = runner.score_tasks
-    monkeypatch.setattr(runner, "score_tasks", lambda *a, **k: {task: math.nan for task in scored(*a, **k)})
+    measured = runner.task_outcomes
+
+    def undefined(*args, **kwargs):
+        return {task: dataclasses.replace(o, score=math.nan) for task, o in measured(*args, **kwargs).items()}
+
+    monkeypatch.setattr(runner, "task_outcomes", undefined)
     config = compose(micro_run_overrides(tmp_path))
     with pytest.raises(NonFiniteError, match="non-finite score on"):
         runner.run_one(config)

@@ -137,23 +137,23 @@ def write_fragment(rows: pd.DataFrame, path: Path) -> Path:
 
 
 def read_fragment(path: Path) -> pd.DataFrame:
-    """The rows of one fragment; ResultsError names the file when it is unreadable or of another schema."""
+    """The rows of one fragment; ResultsError names the file when it is unreadable (truncated, not parquet)
+    or of another schema (a column missing, other than `LATER_COLUMNS`; an unknown column; another type)."""
     try:
-        table = pq.read_table(path)
+        found = {field.name: field.type for field in pq.read_schema(path)}
+        missing = [name for name in COLUMNS if name not in found and name not in LATER_COLUMNS]
+        unknown = [name for name in found if name not in SCHEMA.names]
+        retyped = [name for name in found if name in COLUMNS and found[name] != SCHEMA.field(name).type]
+        if missing or unknown or retyped:
+            raise ResultsError(
+                f"{path}: not a mergelab results fragment of this schema (missing columns {missing}, "
+                f"unknown {unknown}, other types {retyped})"
+            )
+        return pq.read_table(path, schema=SCHEMA).to_pandas()
     except (pa.ArrowException, OSError) as error:
         raise ResultsError(
             f"{path}: not a readable results fragment (truncated or not parquet: {error})"
         ) from None
-    found = {field.name: field.type for field in table.schema}
-    missing = [name for name in COLUMNS if name not in found]
-    unknown = [name for name in found if name not in SCHEMA.names]
-    retyped = [name for name in COLUMNS if name in found and found[name] != SCHEMA.field(name).type]
-    if missing or unknown or retyped:
-        raise ResultsError(
-            f"{path}: not a mergelab results fragment of this schema (missing columns {missing}, "
-            f"unknown {unknown}, other types {retyped})"
-        )
-    return table.select(COLUMNS).cast(SCHEMA).to_pandas()
 
 
 def empty_frame() -> pd.DataFrame:
@@ -187,4 +187,3 @@ def load(study: str, results_dir: str | Path | None = None) -> pd.DataFrame:
     if not runs:
         return empty_frame()
     return pd.concat([run for _, run in runs.values()], ignore_index=True)
-
