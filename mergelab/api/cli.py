@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mergelab.api.override_hint import quote_hint
 from mergelab.engine.checkpoint import CheckpointError
-from mergelab.methods import METHODS, MergeConfigError
+from mergelab.methods import ALIASES, METHODS, MergeConfigError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 JOB_KEYS = (
@@ -70,6 +70,8 @@ def help_text() -> str:
     for name, method in METHODS.items():
         options = ", ".join(f"{field.name}={field.default}" for field in dataclasses.fields(method.Params))
         lines.append(f"  {name:<16} {options or '(no options)'}")
+    lines += ["", "mergekit's method names are accepted as aliases (merge=NAME):"]
+    lines += [f"  {name:<16} = {alias.describe()}" for name, alias in ALIASES.items()]
     return "\n".join(lines)
 
 

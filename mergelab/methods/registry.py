@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from mergelab.methods.average import Average
@@ -71,8 +72,48 @@ class MethodRegistry(Mapping[str, type[MergeMethod]]):
 METHODS = MethodRegistry(TENSOR_METHODS, WHOLE_MODEL_METHODS)
 
 
+@dataclass(frozen=True)
+class MethodAlias:
+    """Another project's name for a mergelab method with some hyperparameters fixed (mergekit's names)."""
+
+    method: str
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        return " ".join([self.method, *(f"{key}={value}" for key, value in self.fixed.items())])
+
+
+# mergekit's `task_arithmetic` and `ties` already have mergelab's names (see the README for the differences).
+ALIASES: dict[str, MethodAlias] = {
+    "linear": MethodAlias("average"),
+    "dare_linear": MethodAlias("dare", {"combine": "linear"}),
+    "dare_ties": MethodAlias("dare", {"combine": "ties"}),
+}
+
+
+def resolve_alias(name: str, hparams: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(method name, hyperparameters) with an alias replaced by its method and fixed values.
+
+    Giving an alias a different value for a hyperparameter it fixes (`dare_ties` with `combine=linear`) is
+    an error rather than a silent choice of one of the two.
+    """
+    alias = ALIASES.get(name)
+    if alias is None:
+        return name, dict(hparams)
+    for key, value in alias.fixed.items():
+        if key in hparams and hparams[key] != value:
+            raise MergeConfigError(
+                f"method '{name}' is {alias.describe()}; it cannot take {key}={hparams[key]!r}"
+            )
+    return alias.method, {**hparams, **alias.fixed}
+
+
 def get_method(name: str, **hparams: Any) -> MergeMethod:
-    """Build the method `name` with validated hyperparameters; unknown names list the valid ones."""
+    """Build the method `name` (or an alias) with validated hyperparameters; unknown names list the valid
+    ones."""
+    name, hparams = resolve_alias(name, hparams)
     if name not in METHODS:
-        raise MergeConfigError(f"unknown merge method '{name}'; valid: {sorted(METHODS)}")
+        raise MergeConfigError(
+            f"unknown merge method '{name}'; valid: {sorted(METHODS)} and mergekit's names {sorted(ALIASES)}"
+        )
     return METHODS[name](**hparams)
