@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from mergelab.cli import main as cli
 from mergelab.engine.safetensors_io import SafetensorsWriter
-from mergelab.methods import METHODS
+from mergelab.methods import ALIASES, METHODS
 from tests.conftest import save_family, tiny_llama
 
 
@@ -98,7 +98,7 @@ def test_non_float_tensors_are_copied_from_base(tmp_path):
     [
         (
             ("merge=tie",),
-            "Could not find 'merge/tie' Available options in 'merge': " + " ".join(sorted(METHODS)),
+            "Could not find 'merge/tie' Available options in 'merge': " + " ".join(sorted([*METHODS, *ALIASES])),
         ),
         (("merge.densty=0.2",), "unknown hyperparameter(s) ['densty'] for method 'ties'; valid: ['density',"),
         (("merge.density=0",), "density=0 must be in (0, 1]"),
