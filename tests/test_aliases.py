@@ -38,12 +38,19 @@ def test_dare_aliases_fix_the_combine_step():
 def test_alias_builds_the_method_it_names():
     method = get_method("dare_ties", density=0.3, seed=2)
     assert method.name == "dare"
-    assert method.describe() == {**get_method("dare").describe(), "combine": "ties", "density": 0.3, "seed": 2}
+    assert method.describe() == {
+        **get_method("dare").describe(),
+        "combine": "ties",
+        "density": 0.3,
+        "seed": 2,
+    }
 
 
 def test_alias_refuses_a_value_it_fixes_and_unknown_names_list_aliases():
     assert get_method("dare_ties", combine="ties").params.combine == "ties"
-    with pytest.raises(MergeConfigError, match="'dare_ties' is dare combine=ties; it cannot take combine='linear'"):
+    with pytest.raises(
+        MergeConfigError, match="'dare_ties' is dare combine=ties; it cannot take combine='linear'"
+    ):
         get_method("dare_ties", combine="linear")
     with pytest.raises(MergeConfigError, match="mergekit's names .*'dare_ties'"):
         get_method("dare-ties")

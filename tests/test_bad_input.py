@@ -98,7 +98,8 @@ def test_non_float_tensors_are_copied_from_base(tmp_path):
     [
         (
             ("merge=tie",),
-            "Could not find 'merge/tie' Available options in 'merge': " + " ".join(sorted([*METHODS, *ALIASES])),
+            "Could not find 'merge/tie' Available options in 'merge': "
+            + " ".join(sorted([*METHODS, *ALIASES])),
         ),
         (("merge.densty=0.2",), "unknown hyperparameter(s) ['densty'] for method 'ties'; valid: ['density',"),
         (("merge.density=0",), "density=0 must be in (0, 1]"),

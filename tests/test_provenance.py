@@ -52,7 +52,14 @@ def test_cli_output_records_exactly_what_was_merged(llama_family, tmp_path, monk
     expected = {key: value for key, value in defaults.items() if key != "method"}
     expected.update(density=0.4, trim_scope="tensor")
     assert record["merge"]["hparams"] == expected
-    assert record["merge"]["options"] == {"device": "cpu", "max_shard_size": "20KB"}
+    assert record["merge"]["options"] == {
+        "device": "cpu",
+        "max_shard_size": "20KB",
+        "dtype": "float32",
+        "out_dtype": None,
+        "tokenizer_source": "base",
+        "chat_template": None,
+    }
     assert record["git_commit"] == results.git_commit() and record["mergelab_version"] == "0.1.0"
 
 

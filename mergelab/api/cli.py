@@ -34,6 +34,10 @@ JOB_KEYS = (
     "progress",
     "data",
     "allow_nonfinite",
+    "dtype",
+    "out_dtype",
+    "tokenizer_source",
+    "chat_template",
 )
 REQUIRED_KEYS = ("base", "experts", "out")
 
@@ -44,6 +48,8 @@ def help_text() -> str:
         "usage: mergelab merge merge=METHOD base=DIR 'experts=[A,B,...]' out=DIR [merge.OPTION=VALUE ...]",
         "                      [device=auto|cpu|cuda] [overwrite=true|force] [max_shard_size=5GB] [progress=false]",
         "                      [allow_nonfinite=true]",
+        "                      [dtype=float32|float64] [out_dtype=float32|float16|bfloat16]",
+        "                      [tokenizer_source=base|union|expert:I] [chat_template=base|expert:I]",
         "",
         "Merges experts fine-tuned from one base into a Hugging Face model directory (sharded safetensors,",
         "config and tokenizer copied from the base). base and experts are model directories, safetensors",
@@ -63,6 +69,13 @@ def help_text() -> str:
         "example: mergelab merge merge=fisher base=/m/base 'experts=[/m/a,/m/b]' 'data=[/d/a,/d/b]' out=/m/f",
         "merge=pleas (experts need not share a base; base= gives the tokenizer) runs the experts on the same data",
         "specs; with merge.budget > 1 the merged MLP is wider and out/config.json says so.",
+        "",
+        "dtype is the compute dtype (float64 only for methods that do not trim); out_dtype the dtype of the",
+        "merged float tensors (default: the base's). tokenizer_source=union merges experts whose tokenizers",
+        "add tokens: the vocabulary is the base's plus each expert's added tokens, and rows an expert lacks",
+        "take the base's row (the mean embedding where the base lacks it too); expert:I takes expert I's",
+        "tokenizer and vocabulary. chat_template (default: the tokenizer source's) picks whose chat template",
+        "the output carries.",
         "",
         "methods and their options with defaults (the merge=METHOD default is ties; the values of",
         "conf/merge/<method>.yaml are the paper defaults shown here):",
@@ -144,6 +157,10 @@ def run(overrides: list[str]) -> int:
         progress=config.progress,
         data=None if config.data is None else [str(spec) for spec in config.data],
         allow_nonfinite=config.allow_nonfinite,
+        dtype=str(config.dtype),
+        out_dtype=None if config.out_dtype is None else str(config.out_dtype),
+        tokenizer_source=str(config.tokenizer_source),
+        chat_template=None if config.chat_template is None else str(config.chat_template),
         **hparams,
     )
     return 0

@@ -15,6 +15,8 @@ from mergelab.engine.checkpoint import Checkpoint, CheckpointError, open_checkpo
 from mergelab.engine.device import resolve_device
 from mergelab.engine.lora import is_adapter, open_expert
 from mergelab.engine.merge import MergeReport, check_inputs, merge_checkpoints
+from mergelab.engine.precision import parse_precision, record_config_dtype
+from mergelab.engine.vocabulary import parse_tokenizer_choice, plan_vocabulary
 from mergelab.methods import MergeConfigError, MergeMethod, get_method
 
 CheckpointRef = str | Path | Mapping[str, torch.Tensor]
@@ -42,6 +44,10 @@ def merge_with_report(
     data: Sequence[str] | None = None,
     statistics_progress: bool | None = None,
     allow_nonfinite: bool = False,
+    dtype: str = "float32",
+    out_dtype: str | None = None,
+    tokenizer_source: str = "base",
+    chat_template: str | None = None,
     **hparams: Any,
 ) -> tuple[dict[str, torch.Tensor] | Path, MergeReport]:
     """Like `merge`, also returning the `MergeReport` (tensors, bytes, seconds, peak memory).
@@ -52,7 +58,17 @@ def merge_with_report(
     check_job_options(device=device, max_shard_size=max_shard_size, allow_nonfinite=allow_nonfinite)
     expert_refs = _expert_list(experts)
     warn_suspicious_inputs(base, expert_refs)
-    options = {"device": device, "max_shard_size": max_shard_size}
+    precision = parse_precision(dtype, out_dtype)
+    precision.check_method(merge_method)
+    tokens = parse_tokenizer_choice(tokenizer_source, chat_template, len(expert_refs))
+    options = {
+        "device": device,
+        "max_shard_size": max_shard_size,
+        "dtype": dtype,
+        "out_dtype": out_dtype,
+        "tokenizer_source": tokenizer_source,
+        "chat_template": chat_template,
+    }
     if data is not None:
         options["data"] = list(data)
     output = open_output(
@@ -70,6 +86,11 @@ def merge_with_report(
             raise CheckpointError(
                 f"method '{merge_method.name}' merges whole models, not LoRA adapters: {adapters}"
             )
+        if not (precision.is_default and tokens.is_default):
+            raise MergeConfigError(
+                f"method '{merge_method.name}' merges whole models in float32 with the base's tokenizer; "
+                "dtype, out_dtype, tokenizer_source and chat_template keep their defaults"
+            )
         from mergelab.pleas.merge import merge_whole_model
 
         return merge_whole_model(
@@ -83,7 +104,8 @@ def merge_with_report(
         sidecars = base_sidecars(base, base_checkpoint) if output is not None else []
         for index, expert in enumerate(expert_refs):
             opened.append(open_expert(expert, base_checkpoint, f"expert {index} ({_describe(expert)})"))
-        expert_checkpoints = opened[1:]
+        vocabulary = plan_vocabulary(tokens, base_checkpoint, opened[1:])
+        base_checkpoint, expert_checkpoints = vocabulary.base, vocabulary.experts
         infos, _ = check_inputs(base_checkpoint, expert_checkpoints, merge_method, device)
         statistics = _expert_statistics(
             merge_method,
@@ -102,9 +124,12 @@ def merge_with_report(
                 progress=progress,
                 statistics=statistics,
                 allow_nonfinite=allow_nonfinite,
+                precision=precision,
             )
         with output:
-            output.start(sorted(infos), infos, sidecars)
+            output.start(sorted(infos), precision.output_infos(infos), sidecars)
+            vocabulary.write(output.temp_path)
+            record_config_dtype(output.temp_path / "config.json", precision)
             _, report = merge_checkpoints(
                 base_checkpoint,
                 expert_checkpoints,
@@ -114,6 +139,7 @@ def merge_with_report(
                 progress=progress,
                 statistics=statistics,
                 allow_nonfinite=allow_nonfinite,
+                precision=precision,
             )
             return output.finish(), report
     finally:
@@ -188,6 +214,10 @@ def merge(
     progress: bool = True,
     data: Sequence[str] | None = None,
     allow_nonfinite: bool = False,
+    dtype: str = "float32",
+    out_dtype: str | None = None,
+    tokenizer_source: str = "base",
+    chat_template: str | None = None,
     **hparams: Any,
 ) -> dict[str, torch.Tensor] | Path:
     """Merge `experts` into `base` with `method` (a registered name or a `MergeMethod`).
@@ -205,6 +235,11 @@ def merge(
 
     NaN or inf in an input tensor, or in a merged tensor from finite inputs, is an error naming the
     checkpoint, tensor and count; `allow_nonfinite=True` merges anyway, with a warning.
+
+    `dtype` is the compute dtype (float32, or float64 for methods that do not trim); `out_dtype` the dtype of
+    the merged float tensors (float32, float16, bfloat16; default: the base's). `tokenizer_source` (`base`,
+    `expert:<i>`, `union`) and `chat_template` (`base`, `expert:<i>`; default: the tokenizer source's) say
+    whose tokenizer and chat template the output carries; see `mergelab.engine.vocabulary`.
     """
     result, report = merge_with_report(
         base,
@@ -217,6 +252,10 @@ def merge(
         progress=progress,
         data=data,
         allow_nonfinite=allow_nonfinite,
+        dtype=dtype,
+        out_dtype=out_dtype,
+        tokenizer_source=tokenizer_source,
+        chat_template=chat_template,
         **hparams,
     )
     if progress:

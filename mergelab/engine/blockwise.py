@@ -19,9 +19,10 @@ from mergelab.methods import MergeMethod, TensorContext, TrimRule
 from mergelab.methods.trim import MagnitudeSelector, keep_count, ties_taken
 
 
-def upcast(tensor: Tensor, device: torch.device) -> Tensor:
-    """A float32 copy on `device` that a method may overwrite."""
-    return tensor.to(device=device, dtype=torch.float32, copy=True)
+def upcast(tensor: Tensor, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+    """A copy in the compute dtype (float32 unless a merge asks for float64) on `device` that a method may
+    overwrite."""
+    return tensor.to(device=device, dtype=dtype, copy=True)
 
 
 BLOCK_ENTRIES = 1 << 22  # 16 MiB per float32 slice: small next to the tensors worth slicing
@@ -36,10 +37,12 @@ class TensorBlocks:
         experts: Sequence[Tensor],
         device: torch.device,
         block_entries: int | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         self.base = base.reshape(-1)
         self.experts = [expert.reshape(-1) for expert in experts]
         self.device = device
+        self.dtype = dtype
         entries = self.base.numel()
         block_entries = block_entries or BLOCK_ENTRIES
         self.spans = [
@@ -47,9 +50,9 @@ class TensorBlocks:
         ]
 
     def values(self, span: slice) -> tuple[Tensor, list[Tensor]]:
-        """(base, experts) of one slice in float32 on the compute device."""
-        return upcast(self.base[span], self.device), [
-            upcast(expert[span], self.device) for expert in self.experts
+        """(base, experts) of one slice in the compute dtype on the compute device."""
+        return upcast(self.base[span], self.device, self.dtype), [
+            upcast(expert[span], self.device, self.dtype) for expert in self.experts
         ]
 
     def magnitudes(self) -> Iterator[list[Tensor]]:
@@ -122,11 +125,16 @@ def merge_blockwise(
     context: TensorContext,
     device: torch.device,
     block_entries: int | None = None,
+    *,
+    compute_dtype: torch.dtype = torch.float32,
+    out_dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """The merged tensor in the base's dtype on the CPU, computed slice by slice in float32 on `device`."""
-    blocks = TensorBlocks(base, experts, device, block_entries)
-    result = torch.empty(base.numel(), dtype=base.dtype)
+    """The merged tensor in `out_dtype` (default: the base's dtype) on the CPU, computed slice by slice in
+    `compute_dtype` on `device`."""
+    blocks = TensorBlocks(base, experts, device, block_entries, compute_dtype)
+    out_dtype = out_dtype or base.dtype
+    result = torch.empty(base.numel(), dtype=out_dtype)
     for span, slice_context in zip(blocks.spans, slice_contexts(method, blocks, context)):
         merged = method.merge(*blocks.values(span), slice_context)
-        result[span] = merged.to(device="cpu", dtype=base.dtype)
+        result[span] = merged.to(device="cpu", dtype=out_dtype)
     return result.view(base.shape)

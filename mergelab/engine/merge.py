@@ -26,6 +26,7 @@ from mergelab.engine.device import peak_rss_bytes, resolve_device
 from mergelab.engine.finite import FiniteCheck
 from mergelab.engine.global_trim import global_trim_contexts
 from mergelab.engine.output import CheckpointOutput
+from mergelab.engine.precision import DEFAULT_PRECISION, Precision
 from mergelab.engine.stream import TensorStream
 from mergelab.methods import MergeMethod, TensorContext
 
@@ -90,12 +91,14 @@ def merge_checkpoints(
     progress: bool = True,
     statistics: Sequence[ExpertStatistic] | None = None,
     allow_nonfinite: bool = False,
+    precision: Precision = DEFAULT_PRECISION,
 ) -> tuple[dict[str, torch.Tensor] | None, MergeReport]:
     """Merge `experts` into `base` with `method`; write through `output`, or return a state dict.
 
     A method with a `statistic` needs `statistics`, one per expert: each tensor's entries reach the method
     in `TensorContext.statistics`, read one tensor at a time. NaN or inf in an input or a merged tensor is
     a `NonFiniteError` naming checkpoint, tensor and count, unless `allow_nonfinite` (then a warning).
+    `precision` gives the compute dtype and the dtype merged float tensors are returned or written in.
     """
     infos, compute_device = check_inputs(base, experts, method, device)
     if method.statistic is not None and (statistics is None or len(statistics) != len(experts)):
@@ -116,7 +119,9 @@ def merge_checkpoints(
         if method.needs_global_trim
         else {name: TensorContext(name=name) for name in float_names}
     )
-    merged = _merge_pass(stream, names, infos, method, contexts, output, progress, statistics, finite)
+    merged = _merge_pass(
+        stream, names, infos, method, contexts, output, progress, statistics, finite, precision
+    )
     peak_device = torch.cuda.max_memory_allocated(compute_device) if compute_device.type == "cuda" else 0
     report = MergeReport(
         tensors=len(names),
@@ -132,15 +137,19 @@ def merge_checkpoints(
 
 
 def _with_statistics(
-    context: TensorContext, statistics: Sequence[ExpertStatistic] | None, device: torch.device
+    context: TensorContext,
+    statistics: Sequence[ExpertStatistic] | None,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
 ) -> TensorContext:
-    """`context` plus the experts' statistics of its tensor (float32 on the device), read just now."""
+    """`context` plus the experts' statistics of its tensor (in the compute dtype on the device), read just
+    now."""
     if not statistics:
         return context
     values = [statistic.get(context.name) for statistic in statistics]
     return dataclasses.replace(
         context,
-        statistics=tuple(None if value is None else upcast(value, device) for value in values),
+        statistics=tuple(None if value is None else upcast(value, device, dtype) for value in values),
         statistic_norms=tuple(statistic.norm for statistic in statistics),
     )
 
@@ -151,16 +160,25 @@ def merge_tensor(
     experts: Sequence[torch.Tensor],
     context: TensorContext,
     device: torch.device,
+    precision: Precision = DEFAULT_PRECISION,
 ) -> torch.Tensor:
-    """One float tensor merged in float32 on `device`, returned in the base's dtype on the CPU.
+    """One float tensor merged in the compute dtype (float32 by default) on `device`, returned on the CPU in
+    the output dtype (by default the base's).
 
-    Tensors larger than a slice are merged slice by slice when the method allows it, so the float32
-    working set stays a few slices in size.
+    Tensors larger than a slice are merged slice by slice when the method allows it, so the working set
+    stays a few slices in size.
     """
+    out_dtype = precision.output_dtype(base.dtype)
     if method.elementwise and base.numel() > blockwise.BLOCK_ENTRIES:
-        return merge_blockwise(method, base, experts, context, device)
-    merged = method.merge(upcast(base, device), [upcast(expert, device) for expert in experts], context)
-    return merged.to(device="cpu", dtype=base.dtype)
+        return merge_blockwise(
+            method, base, experts, context, device, compute_dtype=precision.compute, out_dtype=out_dtype
+        )
+    merged = method.merge(
+        upcast(base, device, precision.compute),
+        [upcast(expert, device, precision.compute) for expert in experts],
+        context,
+    )
+    return merged.to(device="cpu", dtype=out_dtype)
 
 
 def _merge_pass(
@@ -173,6 +191,7 @@ def _merge_pass(
     progress: bool,
     statistics: Sequence[ExpertStatistic] | None = None,
     finite: FiniteCheck | None = None,
+    precision: Precision = DEFAULT_PRECISION,
 ) -> dict[str, torch.Tensor] | None:
     state_dict: dict[str, torch.Tensor] | None = None if output else {}
     # The bar is updated by hand: wrapping the stream in tqdm would keep each item alive one step longer.
@@ -184,8 +203,8 @@ def _merge_pass(
         for name, base, experts in stream.read(names):
             bar.update()
             if name in contexts:
-                context = _with_statistics(contexts[name], statistics, stream.device)
-                result = merge_tensor(method, base, experts, context, stream.device)
+                context = _with_statistics(contexts[name], statistics, stream.device, precision.compute)
+                result = merge_tensor(method, base, experts, context, stream.device, precision)
                 if finite is not None:
                     finite.merged(name, result, method.name)
                 del context
