@@ -12,6 +12,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "merge": ("mergelab.api.cli", "merge a base and experts into a checkpoint"),
     "zoo": ("mergelab.zoo.cli", "build or list the embedded offline model zoo"),
     "run": ("mergelab.experiment.runner", "merge and evaluate one config or a sweep (-m)"),
+    "eval": (
+        "mergelab.experiment.checkpoint_eval",
+        "score a checkpoint on suite or lm-evaluation-harness tasks",
+    ),
     "report": ("mergelab.experiment.report", "gather a study's results into tables and figures"),
     "demo": ("mergelab.experiment.demo", "the default job of `make run`"),
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,18 +89,22 @@ def help_text() -> str:
     return "\n".join(lines)
 
 
-def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, Any]]:
-    """(Hydra overrides for the method, parsed values of the job keys); unknown keys are errors."""
+def split_overrides(
+    overrides: list[str], group: str = "merge", job_keys: Sequence[str] = JOB_KEYS
+) -> tuple[list[str], dict[str, Any]]:
+    """(Hydra overrides for the config `group`, parsed values of the job keys); unknown keys are errors.
+
+    `mergelab eval` shares this with `group="eval"` and its own job keys."""
     method_overrides: list[str] = []
     job_values: dict[str, Any] = {}
     parser = OverridesParser.create()
     for text in overrides:
         override = parser.parse_overrides([text])[0]
         key = override.key_or_group
-        if key == "merge" or key.startswith("merge."):
+        if key == group or key.startswith(group + "."):
             # `++` lets an unknown `merge.X` through so that the method names the valid options.
-            method_overrides.append(text if key == "merge" or text[0] in "+~" else "++" + text)
-        elif key in JOB_KEYS:
+            method_overrides.append(text if key == group or text[0] in "+~" else "++" + text)
+        elif key in job_keys:
             if override.is_add() or override.is_force_add() or override.is_delete():
                 raise MergeConfigError(f"{text}: write {key}=VALUE, without + or ~")
             if override.is_sweep_override():
@@ -107,7 +112,7 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, Any]]:
             job_values[key] = override.value()
         else:
             raise MergeConfigError(
-                f"unknown option '{key}'; valid: merge, merge.<option>, {', '.join(JOB_KEYS)}"
+                f"unknown option '{key}'; valid: {group}, {group}.<option>, {', '.join(job_keys)}"
             )
     return method_overrides, job_values
 
