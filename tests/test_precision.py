@@ -131,3 +131,10 @@ def test_cli_out_dtype_writes_a_checkpoint_that_loads_in_that_dtype(tmp_path):
     name = "model.layers.0.mlp.up_proj.weight"
     theta = base_sd[name].double()
     assert torch.equal(written[name], (theta + 0.4 * (expert_sd[name].double() - theta)).float())
+
+
+def test_whole_model_methods_refuse_dtype_and_tokenizer_options():
+    base, experts = bf16_inputs()
+    for options in ({"dtype": "float64"}, {"out_dtype": "float16"}, {"tokenizer_source": "union"}):
+        with pytest.raises(MergeConfigError, match="method 'pleas' merges whole models in float32"):
+            quiet_merge(base, experts, "pleas", **options)

@@ -54,36 +54,29 @@ class TokenizerChoice:
     def is_default(self) -> bool:
         return self.tokenizer_source == "base" and self.chat_template in (None, "base")
 
-    @property
-    def resolved_chat_template(self) -> str:
-        """`base` or `expert:<i>`: the chat template the output carries."""
-        if self.chat_template is not None:
-            return self.chat_template
-        return "base" if self.tokenizer_source == "union" else self.tokenizer_source
-
 
 def _expert_index(value: str) -> int | None:
     match = _EXPERT_CHOICE.fullmatch(value)
     return int(match.group(1)) if match else None
 
 
+def _check_choice(option: str, value: str, allowed: tuple[str, ...], n_experts: int) -> None:
+    index = _expert_index(str(value))
+    if index is None and value not in allowed:
+        raise MergeConfigError(f"{option}={value!r} is not one of {' | '.join([*allowed, 'expert:<i>'])}")
+    if index is not None and index >= n_experts:
+        raise MergeConfigError(
+            f"{option}={value}: there are {n_experts} experts (expert:0 .. expert:{n_experts - 1})"
+        )
+
+
 def parse_tokenizer_choice(
     tokenizer_source: str = "base", chat_template: str | None = None, n_experts: int = 0
 ) -> TokenizerChoice:
     """The checked choice; an expert index must name one of the `n_experts` experts."""
-    for option, value, allowed in (
-        ("tokenizer_source", tokenizer_source, ("base", "union")),
-        ("chat_template", chat_template, ("base",)),
-    ):
-        if value is None and option == "chat_template":
-            continue
-        index = _expert_index(str(value))
-        if index is None and value not in allowed:
-            raise MergeConfigError(f"{option}={value!r} is not one of {' | '.join([*allowed, 'expert:<i>'])}")
-        if index is not None and index >= n_experts:
-            raise MergeConfigError(
-                f"{option}={value}: there are {n_experts} experts (expert:0 .. expert:{n_experts - 1})"
-            )
+    _check_choice("tokenizer_source", tokenizer_source, ("base", "union"), n_experts)
+    if chat_template is not None:
+        _check_choice("chat_template", chat_template, ("base",), n_experts)
     return TokenizerChoice(tokenizer_source, chat_template)
 
 
@@ -176,7 +169,8 @@ class RemappedCheckpoint:
         self.fill = fill
         self._index = torch.tensor([0 if row is None else row for row in sources], dtype=torch.long)
         self._missing = torch.tensor([row is None for row in sources], dtype=torch.bool)
-        self._last: tuple[str, torch.Tensor] | None = None  # the reader asks the base, then each expert
+        # The base keeps its last vocabulary tensor: the reader asks the base, then each expert for its fill.
+        self._last: tuple[str, torch.Tensor] | None = None
 
     def infos(self) -> dict[str, TensorInfo]:
         infos = self.inner.infos()
@@ -186,11 +180,11 @@ class RemappedCheckpoint:
         return infos
 
     def get(self, name: str) -> torch.Tensor:
+        if self._last is not None and self._last[0] == name:
+            return self._last[1]
         tensor = self.inner.get(name)
         if name not in self.vocab_names:
             return tensor
-        if self._last is not None and self._last[0] == name:
-            return self._last[1]
         remapped = tensor.index_select(0, self._index)
         if bool(self._missing.any()):
             if self.fill is None:
@@ -198,7 +192,8 @@ class RemappedCheckpoint:
             else:
                 filler = self.fill.get(name).to(tensor.dtype)
             remapped[self._missing] = filler[self._missing]
-        self._last = (name, remapped)
+        if self.fill is None:
+            self._last = (name, remapped)
         return remapped
 
     def close(self) -> None:
