@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -66,7 +67,7 @@ def test_eval_of_the_base_gives_the_runs_held_out_references(saved_run, tmp_path
         assert row.value == held_out.loc[row.task, "reference"]
 
 
-def test_rows_name_the_merge_of_a_mergelab_directory_and_a_rerun_is_skipped(saved_run, tmp_path, capsys):
+def test_rows_name_the_merge_of_a_mergelab_directory_and_only_an_unchanged_one_is_skipped(saved_run, tmp_path, capsys):
     model = tmp_path / "merged"
     shutil.copytree(saved_run["merged"], model)
     record = {
@@ -95,6 +96,10 @@ def test_rows_name_the_merge_of_a_mergelab_directory_and_a_rerun_is_skipped(save
     capsys.readouterr()
     eval_rows(tmp_path, model, [task], "name=soup")
     assert "done before, skipped" in capsys.readouterr().out
+    weights = model / "model.safetensors"  # merged again into the same directory: evaluated again
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    eval_rows(tmp_path, model, [task], "name=soup")
+    assert "done before" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -66,6 +66,7 @@ class EvalJob:
 
         identity = {
             "model": model_fingerprint(self.model),
+            "files": _weight_files_identity(self.model),
             "suite_tasks": self.suite_tasks,
             "harness_tasks": self.harness_tasks,
             "eval": asdict(self.eval),
@@ -73,6 +74,18 @@ class EvalJob:
             "num_fewshot": self.num_fewshot,
         }
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _weight_files_identity(model: str) -> list[tuple[str, int, int]]:
+    """(name, size, modification time) of a model directory's weights and config: a checkpoint merged again
+    into the same directory is a different model, not a finished evaluation."""
+    directory = Path(model)
+    if not directory.is_dir():
+        return []
+    files = [*directory.glob("*.safetensors"), *directory.glob("*.bin"), *directory.glob("*.json")]
+    return sorted(
+        (path.name, path.stat().st_size, path.stat().st_mtime_ns) for path in files if path.is_file()
+    )
 
 
 def help_text() -> str:
