@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from mergelab.experiment import results
 from mergelab.experiment.config import ConfigError, EvalConfig, build_dataclass
@@ -195,6 +196,8 @@ def evaluate_checkpoint(job: EvalJob) -> pd.DataFrame:
     ):
         raise ConfigError(f"model: path does not exist: {job.model}")
     device = resolve_device(job.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     model = load_model(job.model, device)
     tokenizer = load_tokenizer(job.model)
     started = time.perf_counter()
