@@ -220,3 +220,37 @@ def test_bad_tokenizer_options_are_named_before_anything_is_written(
             **options,
         )
     assert not (tmp_path / "x").exists()
+
+
+def test_union_over_padded_embeddings_puts_new_tokens_in_padding_rows(tmp_path):
+    """Real checkpoints pad the embedding past the tokenizer (96 rows for 90 tokens): an expert that adds
+    tokens without resizing keeps 96 rows, and the union's new tokens take the first padding rows."""
+    base_model = tiny_llama(vocab_size=96)
+    base_model.save_pretrained(tmp_path / "base")
+    word_tokenizer(BASE_WORDS).save_pretrained(tmp_path / "base")
+    expert = fine_tune_like(copy.deepcopy(base_model), seed=5)
+    tokenizer = word_tokenizer(BASE_WORDS)
+    tokenizer.add_tokens(["omega", "zeta"])  # ids 90, 91: inside the 96 rows, no resize
+    expert.save_pretrained(tmp_path / "expert")
+    tokenizer.save_pretrained(tmp_path / "expert")
+    out = tmp_path / "out"
+    merge(
+        tmp_path / "base",
+        [tmp_path / "expert"],
+        "task_arithmetic",
+        out,
+        scale=0.5,
+        tokenizer_source="union",
+        device="cpu",
+        progress=False,
+    )
+    base, expert_sd, written = state_dicts([tmp_path / "base", tmp_path / "expert", out])
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == 96
+    for name in VOCAB_TENSORS:
+        mean = base[name].mean(dim=0)
+        assert written[name].shape == (96, 32)
+        # base + 0.5 (expert - base) row by row: tokens the base has and the padding rows 92..95 in place;
+        # for omega and zeta, which the base lacks, its side is its mean row, not its padding rows 90, 91
+        kept = list(range(90)) + list(range(92, 96))
+        assert torch.allclose(written[name][kept], (base[name][kept] + expert_sd[name][kept]) / 2, atol=1e-6)
+        assert torch.allclose(written[name][90:92], (mean + expert_sd[name][90:92]) / 2, atol=1e-6)
