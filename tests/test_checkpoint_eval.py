@@ -55,7 +55,13 @@ def test_eval_of_the_saved_merge_reproduces_the_runs_scores(saved_run, tmp_path)
         assert row.value == run_rows.loc[row.task, "value"]
         assert row.metric == run_rows.loc[row.task, "metric"] and row.group == run_rows.loc[row.task, "group"]
         assert row.split == "test" and row.parameters == run_rows.loc[row.task, "parameters"]
-    assert rows["reference"].isna().all() and set(rows["method"]) == {"none"}
+        assert list(row.correct) == list(run_rows.loc[row.task, "correct"])  # per example, for intervals
+        assert list(row.examples) == list(run_rows.loc[row.task, "examples"])
+        assert row.chance == run_rows.loc[row.task, "chance"]
+    assert rows["reference"].isna().all()
+    # the run saved its merge with a mergelab.json: the rows name the merge as the run's rows do
+    for column in ("method", "expert_set", "n_experts", "hyperparameters", "scale"):
+        assert set(rows[column]) == set(run_rows[column]), column
 
 
 def test_eval_of_the_base_gives_the_runs_held_out_references(saved_run, tmp_path):

@@ -254,3 +254,30 @@ def test_union_over_padded_embeddings_puts_new_tokens_in_padding_rows(tmp_path):
         kept = list(range(90)) + list(range(92, 96))
         assert torch.allclose(written[name][kept], (base[name][kept] + expert_sd[name][kept]) / 2, atol=1e-6)
         assert torch.allclose(written[name][90:92], (mean + expert_sd[name][90:92]) / 2, atol=1e-6)
+
+
+def test_mergelab_json_records_the_options_and_reproduces_the_merge(extended, tmp_path):
+    options = {
+        "tokenizer_source": "union",
+        "chat_template": "expert:0",
+        "out_dtype": "bfloat16",
+        "dtype": "float64",
+    }
+    out = tmp_path / "first"
+    merge(
+        extended["base"], extended["experts"], "task_arithmetic", out, device="cpu", progress=False, **options
+    )
+    recorded = json.loads((out / "mergelab.json").read_text())["merge"]
+    assert {key: recorded["options"][key] for key in options} == options
+    again = tmp_path / "again"
+    merge(
+        recorded["base"],
+        recorded["experts"],
+        recorded["method"],
+        again,
+        progress=False,
+        **recorded["options"],
+        **recorded["hparams"],
+    )
+    for path in sorted(out.iterdir()):
+        assert filecmp.cmp(path, again / path.name, shallow=False), path.name

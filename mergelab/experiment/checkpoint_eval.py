@@ -7,7 +7,8 @@ The rows have the results schema of `mergelab run` (`experiment.results`): one p
 parquet fragment named by a hash of the model and the evaluation, written atomically and skipped when it
 exists (`force=true` evaluates again). A model directory written by mergelab (`mergelab.json`) gets its
 method, hyperparameters and experts in the rows; references and normalized scores are NaN (no reference
-model is evaluated here).
+model is evaluated here), the per-example correctness of suite tasks is kept (`examples`, `correct`) for
+interval estimates.
 """
 
 from __future__ import annotations
@@ -188,7 +189,7 @@ def evaluate_checkpoint(job: EvalJob) -> pd.DataFrame:
     from mergelab.eval import suites
     from mergelab.experiment.lm_eval_tasks import harness_scores
     from mergelab.experiment.runner import peak_memory_bytes
-    from mergelab.experiment.scoring import METRIC_OF_KIND, score_tasks
+    from mergelab.experiment.scoring import METRIC_OF_KIND, task_outcomes
 
     local = Path(job.model).expanduser()
     if not local.exists() and (
@@ -201,15 +202,26 @@ def evaluate_checkpoint(job: EvalJob) -> pd.DataFrame:
     model = load_model(job.model, device)
     tokenizer = load_tokenizer(job.model)
     started = time.perf_counter()
-    scored: list[tuple[str, str, str, str, str, float]] = []  # task, category, group, split, metric, value
+    scored: list[dict[str, Any]] = []  # the columns that differ from row to row
     if job.suite_tasks:
         specs = suites.load_suite(job.eval.suite).tasks
         kinds = {task: specs[task].kind for task in job.suite_tasks}
-        values = score_tasks(model, tokenizer, kinds, job.eval.split, job.eval, progress=job.progress)
+        outcomes = task_outcomes(model, tokenizer, kinds, job.eval.split, job.eval, progress=job.progress)
         for task in job.suite_tasks:
-            spec = specs[task]
+            spec, outcome = specs[task], outcomes[task]
             scored.append(
-                (task, spec.category, spec.group, job.eval.split, METRIC_OF_KIND[spec.kind], values[task])
+                {
+                    "task": task,
+                    "category": spec.category,
+                    "group": spec.group,
+                    "split": job.eval.split,
+                    "metric": METRIC_OF_KIND[spec.kind],
+                    "value": outcome.score,
+                    "chance": outcome.chance,
+                    "examples": outcome.examples,
+                    "correct": outcome.correct,
+                    "clusters": outcome.clusters,
+                }
             )
     if job.harness_tasks:
         for score in harness_scores(
@@ -222,7 +234,17 @@ def evaluate_checkpoint(job: EvalJob) -> pd.DataFrame:
             limit=job.eval.max_examples,
             batch_size=job.eval.batch_size,
         ):
-            scored.append((PREFIX + score.task, "lm_eval", "lm_eval", score.split, score.metric, score.value))
+            scored.append(
+                {
+                    "task": PREFIX + score.task,
+                    "category": "lm_eval",
+                    "group": "lm_eval",
+                    "split": score.split,
+                    "metric": score.metric,
+                    "value": score.value,
+                    "chance": math.nan,
+                }
+            )
     eval_seconds = time.perf_counter() - started
     config_hash = job.config_hash()
     merged = merge_provenance(job.model)
@@ -247,6 +269,12 @@ def evaluate_checkpoint(job: EvalJob) -> pd.DataFrame:
         "normalized": math.nan,
         "multitask_reference": math.nan,
         "normalized_multitask": math.nan,
+        "chance_corrected": math.nan,
+        "examples": None,
+        "correct": None,
+        "reference_correct": None,
+        "multitask_correct": None,
+        "clusters": None,
         "merge_seconds": math.nan,
         "eval_seconds": eval_seconds,
         "peak_memory_bytes": peak_memory_bytes(device, 0),
@@ -255,9 +283,7 @@ def evaluate_checkpoint(job: EvalJob) -> pd.DataFrame:
         "git_commit": results.git_commit(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    keys = ("task", "category", "group", "split", "metric", "value")
-    rows = [{**facts, **dict(zip(keys, entry))} for entry in scored]
-    return pd.DataFrame(rows, columns=results.COLUMNS)
+    return pd.DataFrame([{**facts, **entry} for entry in scored], columns=results.COLUMNS)
 
 
 def run(job: EvalJob) -> pd.DataFrame:
