@@ -138,3 +138,12 @@ def test_whole_model_methods_refuse_dtype_and_tokenizer_options():
     for options in ({"dtype": "float64"}, {"out_dtype": "float16"}, {"tokenizer_source": "union"}):
         with pytest.raises(MergeConfigError, match="method 'pleas' merges whole models in float32"):
             quiet_merge(base, experts, "pleas", **options)
+
+
+def test_a_value_beyond_the_output_dtype_is_the_non_finite_error():
+    from mergelab.engine.finite import NonFiniteError
+
+    expert = {"w": torch.tensor([1e5])}  # fine in float32, inf in float16 (max 65504)
+    with pytest.raises(NonFiniteError, match="output dtype float16"):
+        quiet_merge({"w": torch.zeros(1)}, [expert], "average", out_dtype="float16")
+    assert quiet_merge({"w": torch.zeros(1)}, [expert], "average", out_dtype="bfloat16")["w"].isfinite().all()
