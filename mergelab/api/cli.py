@@ -39,6 +39,8 @@ JOB_KEYS = (
     "out_dtype",
     "tokenizer_source",
     "chat_template",
+    "kernel",
+    "threads",
 )
 REQUIRED_KEYS = ("base", "experts", "out")
 
@@ -51,6 +53,7 @@ def help_text() -> str:
         "                      [allow_nonfinite=true]",
         "                      [dtype=float32|float64] [out_dtype=float32|float16|bfloat16]",
         "                      [tokenizer_source=base|union|expert:I] [chat_template=base|expert:I]",
+        "                      [threads=N] [kernel=fused|reference]",
         "",
         "Merges experts fine-tuned from one base into a Hugging Face model directory (sharded safetensors,",
         "config and tokenizer copied from the base). base and experts are model directories, safetensors",
@@ -166,6 +169,8 @@ def run(overrides: list[str]) -> int:
         out_dtype=None if config.out_dtype is None else str(config.out_dtype),
         tokenizer_source=str(config.tokenizer_source),
         chat_template=None if config.chat_template is None else str(config.chat_template),
+        kernel=str(config.kernel),
+        threads=config.threads,
         **hparams,
     )
     return 0

@@ -48,6 +48,8 @@ def merge_with_report(
     out_dtype: str | None = None,
     tokenizer_source: str = "base",
     chat_template: str | None = None,
+    kernel: str = "fused",
+    threads: int | None = None,
     **hparams: Any,
 ) -> tuple[dict[str, torch.Tensor] | Path, MergeReport]:
     """Like `merge`, also returning the `MergeReport` (tensors, bytes, seconds, peak memory).
@@ -125,6 +127,8 @@ def merge_with_report(
                 statistics=statistics,
                 allow_nonfinite=allow_nonfinite,
                 precision=precision,
+                kernel=kernel,
+                threads=threads,
             )
         with output:
             output.start(sorted(infos), precision.output_infos(infos), sidecars)
@@ -140,6 +144,8 @@ def merge_with_report(
                 statistics=statistics,
                 allow_nonfinite=allow_nonfinite,
                 precision=precision,
+                kernel=kernel,
+                threads=threads,
             )
             return output.finish(), report
     finally:
@@ -218,6 +224,8 @@ def merge(
     out_dtype: str | None = None,
     tokenizer_source: str = "base",
     chat_template: str | None = None,
+    kernel: str = "fused",
+    threads: int | None = None,
     **hparams: Any,
 ) -> dict[str, torch.Tensor] | Path:
     """Merge `experts` into `base` with `method` (a registered name or a `MergeMethod`).
@@ -240,6 +248,10 @@ def merge(
     the merged float tensors (float32, float16, bfloat16; default: the base's). `tokenizer_source` (`base`,
     `expert:<i>`, `union`) and `chat_template` (`base`, `expert:<i>`; default: the tokenizer source's) say
     whose tokenizer and chat template the output carries; see `mergelab.engine.vocabulary`.
+
+    On the CPU, task arithmetic, average, TIES and DARE run as fused kernels on `threads` threads (default:
+    torch's thread count, all cores unless OMP_NUM_THREADS says otherwise); `kernel="reference"` runs the
+    methods' torch code instead, with bit-identical results.
     """
     result, report = merge_with_report(
         base,
@@ -256,6 +268,8 @@ def merge(
         out_dtype=out_dtype,
         tokenizer_source=tokenizer_source,
         chat_template=chat_template,
+        kernel=kernel,
+        threads=threads,
         **hparams,
     )
     if progress:

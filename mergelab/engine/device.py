@@ -1,4 +1,4 @@
-"""The compute device of a merge and the process's peak memory, for reports."""
+"""The compute device of a merge, its CPU threads, and the process's peak memory, for reports."""
 
 from __future__ import annotations
 
@@ -22,3 +22,14 @@ def resolve_device(device: str) -> torch.device:
 
 def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def resolve_threads(threads: int | None) -> int:
+    """The threads a merge computes on: `threads`, or by default torch's intra-op thread count, which is
+    all physical cores unless OMP_NUM_THREADS or `torch.set_num_threads` says otherwise (joblib's workers,
+    for one, get OMP_NUM_THREADS = cores // workers, so a sweep's merges do not oversubscribe the CPU)."""
+    if threads is None:
+        return torch.get_num_threads()
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise CheckpointError(f"threads={threads!r} must be a positive integer")
+    return threads

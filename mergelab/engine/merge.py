@@ -4,6 +4,9 @@ Tensors are processed one at a time in sorted-name order (so results never depen
 one step ahead on a background thread and written behind on another, so reading, compute and writing
 overlap while memory stays near (experts + 2) tensors. Methods that trim over the whole model get their
 per-expert cuts and majority sign from streaming passes first (`mergelab.engine.global_trim`).
+On the CPU, task arithmetic, average, TIES and DARE run as fused kernels on `threads` threads
+(`kernel: fused`, `mergelab.engine.fused`); `kernel: reference` runs the methods' torch code, which the
+fused kernels equal bit for bit.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from tqdm.auto import tqdm
 from mergelab.engine import blockwise
 from mergelab.engine.blockwise import merge_blockwise, upcast
 from mergelab.engine.checkpoint import Checkpoint, CheckpointError, TensorInfo, check_compatible, is_float
-from mergelab.engine.device import peak_rss_bytes, resolve_device
+from mergelab.engine.device import peak_rss_bytes, resolve_device, resolve_threads
 from mergelab.engine.finite import FiniteCheck
+from mergelab.engine.fused import KernelPool, fused_merge
+from mergelab.engine.fused_global import fused_global_trim_contexts
 from mergelab.engine.global_trim import global_trim_contexts
 from mergelab.engine.output import CheckpointOutput
 from mergelab.engine.precision import DEFAULT_PRECISION, Precision
@@ -65,6 +70,9 @@ class MergeReport:
         return line + (f" -> {self.out}" if self.out else "")
 
 
+KERNELS = ("fused", "reference")
+
+
 def check_inputs(
     base: Checkpoint, experts: Sequence[Checkpoint], method: MergeMethod, device: str
 ) -> tuple[dict[str, TensorInfo], torch.device]:
@@ -92,6 +100,8 @@ def merge_checkpoints(
     statistics: Sequence[ExpertStatistic] | None = None,
     allow_nonfinite: bool = False,
     precision: Precision = DEFAULT_PRECISION,
+    kernel: str = "fused",
+    threads: int | None = None,
 ) -> tuple[dict[str, torch.Tensor] | None, MergeReport]:
     """Merge `experts` into `base` with `method`; write through `output`, or return a state dict.
 
@@ -99,8 +109,13 @@ def merge_checkpoints(
     in `TensorContext.statistics`, read one tensor at a time. NaN or inf in an input or a merged tensor is
     a `NonFiniteError` naming checkpoint, tensor and count, unless `allow_nonfinite` (then a warning).
     `precision` gives the compute dtype and the dtype merged float tensors are returned or written in.
+    `kernel` is `fused` (the CPU kernels where they cover the method and dtypes) or `reference`; `threads`
+    (default: torch's thread count, which follows OMP_NUM_THREADS) is how many threads the fused kernels use.
     """
     infos, compute_device = check_inputs(base, experts, method, device)
+    if kernel not in KERNELS:
+        raise CheckpointError(f"kernel={kernel!r} is not one of {list(KERNELS)}")
+    threads = resolve_threads(threads)
     if method.statistic is not None and (statistics is None or len(statistics) != len(experts)):
         given = "none" if statistics is None else len(statistics)
         raise CheckpointError(
@@ -114,14 +129,18 @@ def merge_checkpoints(
         torch.cuda.reset_peak_memory_stats(compute_device)
     finite = FiniteCheck(allow_nonfinite)
     stream = TensorStream(base, experts, compute_device, finite, check_base=method.uses_base)
-    contexts = (
-        global_trim_contexts(stream, float_names, method, progress)
-        if method.needs_global_trim
-        else {name: TensorContext(name=name) for name in float_names}
-    )
-    merged = _merge_pass(
-        stream, names, infos, method, contexts, output, progress, statistics, finite, precision
-    )
+    # NaN and inf propagate through the fused kernels differently from torch's ops (the sign of a NaN vote,
+    # a NaN weight total), so merges that let them in take the reference path.
+    fused = kernel == "fused" and compute_device.type == "cpu" and not allow_nonfinite
+    with KernelPool(threads if fused else 1) as pool:
+        contexts = {name: TensorContext(name=name) for name in float_names}
+        if method.needs_global_trim:
+            model_wide = fused_global_trim_contexts(stream, float_names, method, pool, progress) if fused else None
+            contexts = model_wide or global_trim_contexts(stream, float_names, method, progress)
+        merged = _merge_pass(
+            stream, names, infos, method, contexts, output, progress, statistics, finite, precision,
+            pool if fused else None,
+        )
     peak_device = torch.cuda.max_memory_allocated(compute_device) if compute_device.type == "cuda" else 0
     report = MergeReport(
         tensors=len(names),
@@ -161,14 +180,20 @@ def merge_tensor(
     context: TensorContext,
     device: torch.device,
     precision: Precision = DEFAULT_PRECISION,
+    pool: KernelPool | None = None,
 ) -> torch.Tensor:
     """One float tensor merged in the compute dtype (float32 by default) on `device`, returned on the CPU in
     the output dtype (by default the base's).
 
-    Tensors larger than a slice are merged slice by slice when the method allows it, so the working set
-    stays a few slices in size.
+    With a `pool` (CPU only) the fused kernels merge it on the pool's threads when they cover the method,
+    the dtypes and float32 compute. Otherwise tensors larger than a slice are merged slice by slice when the
+    method allows it, so the working set stays a few slices in size.
     """
     out_dtype = precision.output_dtype(base.dtype)
+    if pool is not None and not context.statistics and precision.compute == torch.float32:
+        merged = fused_merge(method, base, experts, context, pool, out_dtype)
+        if merged is not None:
+            return merged
     if method.elementwise and base.numel() > blockwise.BLOCK_ENTRIES:
         return merge_blockwise(
             method, base, experts, context, device, compute_dtype=precision.compute, out_dtype=out_dtype
@@ -192,6 +217,7 @@ def _merge_pass(
     statistics: Sequence[ExpertStatistic] | None = None,
     finite: FiniteCheck | None = None,
     precision: Precision = DEFAULT_PRECISION,
+    pool: KernelPool | None = None,
 ) -> dict[str, torch.Tensor] | None:
     state_dict: dict[str, torch.Tensor] | None = None if output else {}
     # The bar is updated by hand: wrapping the stream in tqdm would keep each item alive one step longer.
@@ -204,7 +230,7 @@ def _merge_pass(
             bar.update()
             if name in contexts:
                 context = _with_statistics(contexts[name], statistics, stream.device, precision.compute)
-                result = merge_tensor(method, base, experts, context, stream.device, precision)
+                result = merge_tensor(method, base, experts, context, stream.device, precision, pool)
                 if finite is not None:
                     finite.merged(name, result, method.name)
                 del context

@@ -13,8 +13,8 @@ from torch import Tensor
 from mergelab.methods.base import TrimRule
 
 _LOW_BITS = 16
-_HIGH_BINS = 1 << 15  # non-negative float32 bit patterns fit in 31 bits
-_LOW_BINS = 1 << _LOW_BITS
+HIGH_BINS = 1 << 15  # non-negative float32 bit patterns fit in 31 bits
+LOW_BINS = 1 << _LOW_BITS
 _KEEP_NOTHING = TrimRule(threshold=float("inf"), ties_to_keep=0)
 
 
@@ -84,8 +84,8 @@ class MagnitudeSelector:
     def __init__(self, keep: int) -> None:
         self.keep = keep
         self.pass_index = 0
-        self._high = torch.zeros(_HIGH_BINS, dtype=torch.int64)
-        self._low = torch.zeros(_LOW_BINS, dtype=torch.int64)
+        self._high = torch.zeros(HIGH_BINS, dtype=torch.int64)
+        self._low = torch.zeros(LOW_BINS, dtype=torch.int64)
         self._cut_high = 0
         self._above_high = 0
         self._ties_left: int | None = None
@@ -99,11 +99,22 @@ class MagnitudeSelector:
             return
         bits = _bits(magnitude.float())
         if self.pass_index == 0:
-            counts = torch.bincount(bits >> _LOW_BITS, minlength=_HIGH_BINS)
-            self._high += counts.cpu()
+            self.add_counts(torch.bincount(bits >> _LOW_BITS, minlength=HIGH_BINS))
             return
-        in_bin = bits[(bits >> _LOW_BITS) == self._cut_high] & (_LOW_BINS - 1)
-        self._low += torch.bincount(in_bin, minlength=_LOW_BINS).cpu()
+        in_bin = bits[(bits >> _LOW_BITS) == self._cut_high] & (LOW_BINS - 1)
+        self.add_counts(torch.bincount(in_bin, minlength=LOW_BINS))
+
+    def add_counts(self, counts: Tensor) -> None:
+        """Add a histogram computed elsewhere (a fused kernel) to this pass's bins: pass 1, the top 15 bits
+        of the float32 magnitude bits (`HIGH_BINS`); pass 2, the low 16 bits (`LOW_BINS`) of the entries in
+        the coarse bin `cut_high`."""
+        if not self.done:
+            (self._high if self.pass_index == 0 else self._low).add_(counts.cpu())
+
+    @property
+    def cut_high(self) -> int:
+        """The coarse bin holding the cut (known after `next_pass`)."""
+        return self._cut_high
 
     def next_pass(self) -> None:
         if not self.done:
@@ -120,9 +131,23 @@ class MagnitudeSelector:
 
     def rule_for(self, magnitude: Tensor) -> TrimRule:
         """This tensor's rule; ties at the cut go to the earliest tensors until exactly `keep` are kept."""
-        threshold, above = self.result()
+        threshold, _ = self.result()
+        return self.take_ties(ties_taken(magnitude, threshold, self.ties_left()))
+
+    def ties_left(self) -> int:
+        """How many entries equal to the cut are still to be handed out (after pass 2)."""
         if self._ties_left is None:
-            self._ties_left = self.keep - above
-        taken = ties_taken(magnitude, threshold, self._ties_left)
-        self._ties_left -= taken
-        return TrimRule(threshold=threshold, ties_to_keep=taken)
+            self._ties_left = self.keep - self.result()[1]
+        return self._ties_left
+
+    def tie_count(self) -> int:
+        """How many entries of the whole stream equal the cut (after pass 2)."""
+        if self.done:
+            return 0
+        cut_low, _ = _cut_bin(self._low, self.keep - self._above_high)
+        return int(self._low[cut_low].item())
+
+    def take_ties(self, taken: int) -> TrimRule:
+        """The next tensor's rule when it keeps `taken` of the ties left (at most `ties_left()`)."""
+        self._ties_left = self.ties_left() - taken
+        return TrimRule(threshold=self.result()[0], ties_to_keep=taken)
