@@ -10,6 +10,7 @@ from mergelab.engine.checkpoint import CheckpointError
 from mergelab.engine.device import resolve_threads
 from mergelab.engine.fused import KernelPool, fused_merge
 from mergelab.engine.merge import merge_tensor
+from mergelab.engine.pipeline import SliceStager, merge_pipelined
 from mergelab.methods import TensorContext, get_method
 from mergelab.methods.dare import keep_mask, mask_seed
 
@@ -192,3 +193,37 @@ def test_unknown_kernel_is_an_error():
     base, experts = tied_state_dicts(torch.float32, -3, n_experts=2)
     with pytest.raises(CheckpointError, match="kernel='numba'"):
         api.merge(base, experts, "ties", device="cpu", progress=False, kernel="numba")
+
+
+class RecordingStager(SliceStager):
+    """The CPU stager, logging when each slice is staged and when its values are used."""
+
+    def __init__(self) -> None:
+        super().__init__(CPU)
+        self.log: list[str] = []
+
+    def stage(self, tensors):
+        self.log.append("stage")
+        return super().stage(tensors)
+
+    def values(self, staged):
+        self.log.append("compute")
+        return super().values(staged)
+
+
+@pytest.mark.parametrize(
+    ("name", "hparams"),
+    [("ties", {"trim_scope": "tensor", "density": 0.3, "sign": "count"}), ("task_arithmetic", {}), *OTHER_METHODS[-2:]],
+)
+def test_the_device_pipeline_stages_ahead_and_equals_the_blockwise_merge(name, hparams):
+    """The code path of `device=cuda` that is not CUDA-specific: slice s + 1 is staged before slice s
+    computes, and the result equals the reference engine's."""
+    base, experts = tied_tensors((30, 20), seed=6, low=-5)
+    method = get_method(name, **hparams)
+    stager = RecordingStager()
+    merged = merge_pipelined(method, base, experts, TensorContext("w"), stager, block_entries=250)
+    assert same_bits(merged, merge_tensor(method, base, experts, TensorContext("w"), CPU))
+    if method.elementwise:  # 600 entries: three slices of 250
+        assert stager.log == ["stage", "stage", "compute", "stage", "compute", "compute"]
+    else:
+        assert stager.log == ["stage", "compute"]

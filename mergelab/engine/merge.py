@@ -31,6 +31,7 @@ from mergelab.engine.fused import KernelPool, fused_merge
 from mergelab.engine.fused_global import fused_global_trim_contexts
 from mergelab.engine.global_trim import global_trim_contexts
 from mergelab.engine.output import CheckpointOutput
+from mergelab.engine.pipeline import SliceStager, merge_pipelined
 from mergelab.engine.precision import DEFAULT_PRECISION, Precision
 from mergelab.engine.stream import TensorStream
 from mergelab.methods import MergeMethod, TensorContext
@@ -186,14 +187,18 @@ def merge_tensor(
     the output dtype (by default the base's).
 
     With a `pool` (CPU only) the fused kernels merge it on the pool's threads when they cover the method,
-    the dtypes and float32 compute. Otherwise tensors larger than a slice are merged slice by slice when the
-    method allows it, so the working set stays a few slices in size.
+    the dtypes and float32 compute. On CUDA, transfers overlap compute (`mergelab.engine.pipeline`).
+    Otherwise tensors larger than a slice are merged slice by slice when the method allows it, so the
+    working set stays a few slices in size.
     """
     out_dtype = precision.output_dtype(base.dtype)
     if pool is not None and not context.statistics and precision.compute == torch.float32:
         merged = fused_merge(method, base, experts, context, pool, out_dtype)
         if merged is not None:
             return merged
+    if device.type == "cuda":
+        stager = SliceStager(device, precision.compute)
+        return merge_pipelined(method, base, experts, context, stager, out_dtype=out_dtype)
     if method.elementwise and base.numel() > blockwise.BLOCK_ENTRIES:
         return merge_blockwise(
             method, base, experts, context, device, compute_dtype=precision.compute, out_dtype=out_dtype
