@@ -1,13 +1,18 @@
-"""Benchmark: mergelab TIES against mergekit and against the I/O floor, on synthetic checkpoints.
+"""Benchmark: mergelab against mergekit and against the I/O floor, on synthetic checkpoints, at two sizes.
 
 Builds a base and experts of a Llama-shaped model on disk (bf16, sharded; default ~0.5B parameters, 4
-experts), then times, each in its own subprocess with its peak RSS: mergelab `ties` (tensor scope),
-mergelab `ties` (global scope), mergekit `ties` (`normalize: true`, float32 compute, bf16 output, absolute
-paths, HF_HUB_OFFLINE=1) and the I/O floor (read every input byte once, write an output of the same size).
-All runs see a warm page cache: the floor runs first and reads every input. Equality with mergekit is
-checked twice: on the timed bf16 outputs (max difference and fraction of differing entries; both round
-float32 results to bf16, so a last-bit flip is possible) and, strictly, on a small float32 copy of the same
-architecture (tolerance 1e-6). Writes a markdown table under results/bench/.
+experts), then times, each in its own subprocess with its peak RSS, on the same inputs: the I/O floor
+(read every input byte once, write an output of the same size), mergelab `ties` (tensor and global trim
+scope), mergelab `dare` (`combine: ties`), mergelab `task_arithmetic`, and mergekit `ties` (`normalize:
+true`, float32 compute, bf16 output, absolute paths, HF_HUB_OFFLINE=1). A second size (`--second-layers`,
+default twice the layers) shows how time and peak memory scale. All runs see a warm page cache: the floor
+runs first and reads every input. Equality with mergekit is checked twice at the first size: on the timed
+bf16 outputs (max difference and fraction of differing entries; both round float32 results to bf16, so a
+last-bit flip is possible) and, strictly, on a small float32 copy of the same architecture (tolerance
+1e-6). Writes a markdown table under results/bench/.
+
+Wall time means something only on an otherwise idle machine: the script prints the 1-minute load average
+before and after, and CPU seconds (user + system, all threads) beside wall time.
 
 mergekit comes from the `bench` extra (`pip install -e .[bench]`); to keep it out of the project
 environment, install it in its own venv (`python3 -m venv .venv-bench && .venv-bench/bin/pip install
@@ -183,23 +188,43 @@ def weight_files(model: Path) -> list[str]:
     return [str(path) for path in sorted(model.glob("*.safetensors"))]
 
 
+MERGELAB_RUNS = {
+    "mergelab ties (trim_scope: tensor)": ("ties", {"trim_scope": "tensor"}),
+    "mergelab ties (trim_scope: global)": ("ties", {"trim_scope": "global"}),
+    "mergelab dare (combine: ties)": ("dare", {"combine": "ties"}),
+    "mergelab task_arithmetic": ("task_arithmetic", {}),
+}
+TENSOR_TIES = "mergelab ties (trim_scope: tensor)"
+MERGEKIT_TIES = "mergekit ties (normalize: true, float32 compute)"
+IO_FLOOR_RUN = "I/O floor (read inputs, write output)"
+
+
 def mergelab_command(
-    base: Path, experts: list[Path], out: Path, scope: str, density: float, device: str
+    base: Path,
+    experts: list[Path],
+    out: Path,
+    method: str,
+    hparams: dict,
+    density: float,
+    device: str,
+    threads: int | None = None,
 ) -> list[str]:
+    """`mergelab merge` of `method`; trimming methods get `density` (TIES and DARE alike)."""
+    options = {**hparams, **({"density": density} if method in ("ties", "dare") else {})}
     return [
         sys.executable,
         "-m",
         "mergelab.cli",
         "merge",
-        "merge=ties",
+        f"merge={method}",
         f"base={base}",
         f"experts=[{','.join(map(str, experts))}]",
         f"out={out}",
-        f"merge.density={density}",
-        f"merge.trim_scope={scope}",
+        *(f"merge.{key}={value}" for key, value in options.items()),
         f"device={device}",
         "progress=false",
         "overwrite=true",
+        *([f"threads={threads}"] if threads else []),
     ]
 
 
@@ -298,12 +323,16 @@ def main() -> int:
     parser.add_argument(
         "--layers", type=int, default=24, help="transformer blocks (24 ~ 0.5B with --vocab 65536)"
     )
+    parser.add_argument(
+        "--second-layers", type=int, default=None, help="layers of the second size (default 2x; 0: none)"
+    )
     parser.add_argument("--vocab", type=int, default=65536, help="vocabulary size (untied embeddings)")
     parser.add_argument("--experts", type=int, default=4, help="number of synthetic experts")
-    parser.add_argument("--density", type=float, default=0.2, help="TIES density for every run")
+    parser.add_argument("--density", type=float, default=0.2, help="TIES and DARE density for every run")
     parser.add_argument(
         "--device", default="cpu", choices=["cpu", "cuda"], help="compute device of both tools"
     )
+    parser.add_argument("--threads", type=int, help="mergelab's threads= (default: all cores)")
     parser.add_argument(
         "--workdir", type=Path, default=Path("/tmp/mergelab-bench"), help="synthetic checkpoints and outputs"
     )
@@ -312,69 +341,77 @@ def main() -> int:
         "--results", type=Path, default=REPO / "results" / "bench", help="where the table goes"
     )
     args = parser.parse_args()
+    second = 2 * args.layers if args.second_layers is None else args.second_layers
 
     env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    config = llama_config(args.layers, args.vocab)
-    params = sum(torch.Size(shape).numel() for shape in tensor_shapes(config).values())
-    root = args.workdir / f"l{args.layers}_v{args.vocab}_e{args.experts}"
-    print(
-        f"building {args.experts} experts + base of {params / 1e6:.0f}M parameters (bf16) in {root}",
-        flush=True,
-    )
-    base, experts = build(root, config, args.experts, torch.bfloat16)
-    input_bytes = sum(Path(f).stat().st_size for model in (base, *experts) for f in weight_files(model))
-    output_bytes = params * 2
-
-    rows: dict[str, Measurement] = {}
-    load_before = os.getloadavg()[0]
-    floor_out = args.workdir / "io_floor.bin"
-    rows["I/O floor (read inputs, write output)"] = measure(
-        [
-            sys.executable,
-            "-c",
-            IO_FLOOR,
-            *[f for m in (base, *experts) for f in weight_files(m)],
-            str(floor_out),
-            str(output_bytes),
-        ]
-    )
-    floor_out.unlink()
-    outputs = {scope: args.workdir / f"mergelab_{scope}" for scope in ("tensor", "global")}
-    for scope, out in outputs.items():
-        print(f"mergelab ties trim_scope={scope} ...", flush=True)
-        rows[f"mergelab ties (trim_scope: {scope})"] = measure(
-            mergelab_command(base, experts, out, scope, args.density, args.device), env
-        )
     mergekit_yaml = find_mergekit(args.mergekit_yaml)
-    equality = "mergekit not found: install the bench extra"
+    load_before = os.getloadavg()[0]
+    sizes = [run_size(args, layers, env, mergekit_yaml, first=index == 0)
+             for index, layers in enumerate([args.layers, *([second] if second else [])])]
+    equality = sizes[0].equality
     if mergekit_yaml:
-        print("mergekit ties ...", flush=True)
-        mergekit_out = args.workdir / "mergekit"
-        rows["mergekit ties (normalize: true, float32 compute)"] = measure(
-            mergekit_command(
-                mergekit_yaml, base, experts, mergekit_out, args.density, "bfloat16", args.device
-            ),
-            env,
-        )
-        worst, differing, total, at_ties = compare(
-            outputs["tensor"], mergekit_out, base, experts, args.density
-        )
-        equality = (
-            f"timed bf16 outputs: {differing} of {total} entries differ (max |diff| {worst:.3g}), {at_ties} of them "
-            f"where the documented rules differ and bf16 values make it common: a task-vector magnitude tied at an "
-            f"expert's trim cut (mergekit's unstable argsort vs mergelab's first-in-order rule) or kept values that "
-            f"cancel exactly (zero vote: majority sign as the paper's code vs mergekit's +)"
-        )
         equality += "; " + strict_check(args, env, mergekit_yaml)
-
     load = (load_before, os.getloadavg()[0])
-    table = render(rows, params, input_bytes, args, equality, load)
+    table = render(sizes, args, equality, load)
     print(table)
     args.results.mkdir(parents=True, exist_ok=True)
     target = args.results / f"merge_{args.device}.md"
     target.write_text(table)
     print(f"wrote {target}")
     return 0
+
+
+class SizeResult(NamedTuple):
+    """One model size's measurements, by run name, and the equality check (first size only)."""
+
+    layers: int
+    params: int
+    input_bytes: int
+    rows: dict[str, Measurement]
+    equality: str
+
+
+def run_size(args, layers: int, env: dict, mergekit_yaml: str | None, first: bool) -> SizeResult:
+    """Build one size's checkpoints and time every run on them."""
+    config = llama_config(layers, args.vocab)
+    params = sum(torch.Size(shape).numel() for shape in tensor_shapes(config).values())
+    root = args.workdir / f"l{layers}_v{args.vocab}_e{args.experts}"
+    print(f"building {args.experts} experts + base of {params / 1e6:.0f}M parameters (bf16) in {root}", flush=True)
+    base, experts = build(root, config, args.experts, torch.bfloat16)
+    inputs = [f for model in (base, *experts) for f in weight_files(model)]
+    input_bytes = sum(Path(f).stat().st_size for f in inputs)
+    rows: dict[str, Measurement] = {}
+    floor_out = args.workdir / "io_floor.bin"
+    rows[IO_FLOOR_RUN] = measure([sys.executable, "-c", IO_FLOOR, *inputs, str(floor_out), str(params * 2)])
+    floor_out.unlink()
+    out = args.workdir / "mergelab_out"
+    tensor_out = args.workdir / "mergelab_tensor"
+    for name, (method, hparams) in MERGELAB_RUNS.items():
+        print(f"{name} ({layers} layers) ...", flush=True)
+        target = tensor_out if name == TENSOR_TIES else out
+        command = mergelab_command(base, experts, target, method, hparams, args.density, args.device, args.threads)
+        rows[name] = measure(command, env)
+    shutil.rmtree(out, ignore_errors=True)
+    equality = "mergekit not found: install the bench extra"
+    if mergekit_yaml:
+        print(f"mergekit ties ({layers} layers) ...", flush=True)
+        mergekit_out = args.workdir / "mergekit"
+        rows[MERGEKIT_TIES] = measure(
+            mergekit_command(mergekit_yaml, base, experts, mergekit_out, args.density, "bfloat16", args.device),
+            env,
+        )
+        if first:
+            worst, differing, total, at_ties = compare(tensor_out, mergekit_out, base, experts, args.density)
+            equality = (
+                f"timed bf16 outputs ({layers} layers): {differing} of {total} entries differ (max |diff| "
+                f"{worst:.3g}), {at_ties} of them where the documented rules differ and bf16 values make it "
+                f"common: a task-vector magnitude tied at an expert's trim cut (mergekit's unstable argsort vs "
+                f"mergelab's first-in-order rule) or kept values that cancel exactly (zero vote: majority sign "
+                f"as the paper's code vs mergekit's +)"
+            )
+        shutil.rmtree(mergekit_out, ignore_errors=True)
+    shutil.rmtree(tensor_out, ignore_errors=True)
+    return SizeResult(layers, params, input_bytes, rows, equality)
 
 
 def strict_check(args, env: dict, mergekit_yaml: str) -> str:
@@ -384,7 +421,7 @@ def strict_check(args, env: dict, mergekit_yaml: str) -> str:
     base, experts = build(root, config, args.experts, torch.float32)
     ours, theirs = root / "mergelab", root / "mergekit"
     subprocess.run(
-        mergelab_command(base, experts, ours, "tensor", args.density, args.device),
+        mergelab_command(base, experts, ours, "ties", {"trim_scope": "tensor"}, args.density, args.device),
         env=env,
         check=True,
         stdout=subprocess.DEVNULL,
@@ -401,48 +438,68 @@ def strict_check(args, env: dict, mergekit_yaml: str) -> str:
     return f"float32 check on a 2-layer copy: max |diff| {worst:.3g} ({verdict} at tolerance 1e-6)"
 
 
-def render(
-    rows: dict[str, Measurement],
-    params: int,
-    input_bytes: int,
-    args: argparse.Namespace,
-    equality: str,
-    load: tuple[float, float],
-) -> str:
-    """The markdown report: machine, sizes, date, command, the table with ratios, and the equality check."""
-    floor = rows["I/O floor (read inputs, write output)"]
-    mergekit = next((value for key, value in rows.items() if key.startswith("mergekit")), None)
+def render(sizes: list[SizeResult], args: argparse.Namespace, equality: str, load: tuple[float, float]) -> str:
+    """The markdown report: machine, sizes, date, command, a table per size with ratios, the scaling
+    between the sizes, and the equality check."""
+    first = sizes[0]
+    described = " and ".join(
+        f"{size.layers} layers ({size.params / 1e6:.0f}M parameters each, {size.input_bytes / 2**30:.2f} GiB read)"
+        for size in sizes
+    )
+    second = f" --second-layers {sizes[1].layers}" if len(sizes) > 1 else " --second-layers 0"
     lines = [
         f"# Merge benchmark ({args.device})",
         "",
         f"{datetime.date.today()}, {platform.node()}, {os.cpu_count()} CPU cores, torch {torch.__version__}. "
-        f"Base + {args.experts} experts of a Llama-shaped model, {params / 1e6:.0f}M parameters each, bf16, "
-        f"sharded ({input_bytes / 2**30:.2f} GiB read); TIES density {args.density}; warm page cache. "
-        f"1-minute load average {load[0]:.1f} before and {load[1]:.1f} after the runs (other jobs share the "
-        "machine, so CPU seconds, user + system over all threads, are given beside wall time).",
-        f"Command: `python scripts/bench_merge.py --layers {args.layers} --vocab {args.vocab} "
-        f"--experts {args.experts} --device {args.device}`",
-        "",
-        "| run | wall s | CPU s | peak RSS GiB | wall / mergekit | CPU / mergekit | RSS / mergekit "
-        "| wall / I/O floor |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"Base + {args.experts} experts of a Llama-shaped model, bf16, sharded, at {described}; "
+        f"TIES and DARE density {args.density}; warm page cache. "
+        f"1-minute load average {load[0]:.1f} before and {load[1]:.1f} after the runs (CPU seconds, "
+        "user + system over all threads, are given beside wall time).",
+        f"Command: `python scripts/bench_merge.py --layers {first.layers}{second} --vocab {args.vocab} "
+        f"--experts {args.experts} --device {args.device}" + (f" --threads {args.threads}" if args.threads else "")
+        + "`",
     ]
-    for name, row in rows.items():
-        versus = (
-            (
-                f"{row.wall / mergekit.wall:.2f}",
-                f"{row.cpu / mergekit.cpu:.2f}",
-                f"{row.rss / mergekit.rss:.2f}",
+    for size in sizes:
+        lines += ["", f"## {size.layers} layers ({size.params / 1e6:.0f}M parameters)", "", *size_table(size)]
+    if len(sizes) > 1:
+        small, large = sizes
+        lines += [
+            "",
+            f"## Scaling: {large.layers} layers over {small.layers} layers "
+            f"({large.params / small.params:.2f}x the parameters)",
+            "",
+            "| run | wall ratio | CPU ratio | peak RSS ratio |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, row in large.rows.items():
+            before = small.rows[name]
+            lines.append(
+                f"| {name} | {row.wall / before.wall:.2f} | {row.cpu / before.cpu:.2f} | {row.rss / before.rss:.2f} |"
             )
+    lines += ["", f"Equality with mergekit: {equality}.", ""]
+    return "\n".join(lines)
+
+
+def size_table(size: SizeResult) -> list[str]:
+    floor = size.rows[IO_FLOOR_RUN]
+    mergekit = size.rows.get(MERGEKIT_TIES)
+    tensor_ties = size.rows[TENSOR_TIES]
+    lines = [
+        "| run | wall s | CPU s | peak RSS GiB | wall / mergekit | CPU / mergekit | RSS / mergekit "
+        "| wall / I/O floor | wall / tensor-scope TIES |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in size.rows.items():
+        versus = (
+            (f"{row.wall / mergekit.wall:.2f}", f"{row.cpu / mergekit.cpu:.2f}", f"{row.rss / mergekit.rss:.2f}")
             if mergekit
             else ("-", "-", "-")
         )
         lines.append(
             f"| {name} | {row.wall:.1f} | {row.cpu:.1f} | {row.rss / 2**30:.2f} | {' | '.join(versus)} "
-            f"| {row.wall / floor.wall:.2f} |"
+            f"| {row.wall / floor.wall:.2f} | {row.wall / tensor_ties.wall:.2f} |"
         )
-    lines += ["", f"Equality with mergekit: {equality}.", ""]
-    return "\n".join(lines)
+    return lines
 
 
 if __name__ == "__main__":

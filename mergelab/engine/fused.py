@@ -231,7 +231,7 @@ def observe_histograms(inputs: FusedInputs, selectors: Sequence[MagnitudeSelecto
 
     counts = sum(pool.map(histogram, inputs.spans))
     for selector, row in zip(selectors, counts):
-        selector.add_counts(torch.from_numpy(row))
+        selector.add_counts(row)
 
 
 def split_ties(

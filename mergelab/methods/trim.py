@@ -7,6 +7,7 @@ magnitudes (non-negative floats order like their bits) in two passes: exact, thr
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -28,14 +29,14 @@ def _bits(magnitude: Tensor) -> Tensor:
 
 
 def _float_of_bits(bits: int) -> float:
-    return torch.tensor([bits], dtype=torch.int32).view(torch.float32).item()
+    return float(np.array([bits], dtype=np.int32).view(np.float32)[0])
 
 
-def _cut_bin(histogram: Tensor, keep: int) -> tuple[int, int]:
+def _cut_bin(histogram: np.ndarray, keep: int) -> tuple[int, int]:
     """The bin holding the `keep`-th largest entry, and how many entries lie in higher bins."""
-    above = torch.flip(torch.cumsum(torch.flip(histogram, [0]), 0), [0])  # entries in bins >= b
-    cut = int(torch.nonzero(above >= keep)[-1].item())
-    higher = int(above[cut + 1].item()) if cut + 1 < len(above) else 0
+    above = np.cumsum(histogram[::-1])[::-1]  # entries in bins >= b
+    cut = int(np.flatnonzero(above >= keep)[-1])
+    higher = int(above[cut + 1]) if cut + 1 < len(above) else 0
     return cut, higher
 
 
@@ -84,8 +85,9 @@ class MagnitudeSelector:
     def __init__(self, keep: int) -> None:
         self.keep = keep
         self.pass_index = 0
-        self._high = torch.zeros(HIGH_BINS, dtype=torch.int64)
-        self._low = torch.zeros(LOW_BINS, dtype=torch.int64)
+        self._high = np.zeros(HIGH_BINS, dtype=np.int64)
+        self._low = np.zeros(LOW_BINS, dtype=np.int64)
+        self._result: tuple[float, int] | None = None
         self._cut_high = 0
         self._above_high = 0
         self._ties_left: int | None = None
@@ -99,17 +101,19 @@ class MagnitudeSelector:
             return
         bits = _bits(magnitude.float())
         if self.pass_index == 0:
-            self.add_counts(torch.bincount(bits >> _LOW_BITS, minlength=HIGH_BINS))
+            self.add_counts(torch.bincount(bits >> _LOW_BITS, minlength=HIGH_BINS).cpu().numpy())
             return
         in_bin = bits[(bits >> _LOW_BITS) == self._cut_high] & (LOW_BINS - 1)
-        self.add_counts(torch.bincount(in_bin, minlength=LOW_BINS))
+        self.add_counts(torch.bincount(in_bin, minlength=LOW_BINS).cpu().numpy())
 
-    def add_counts(self, counts: Tensor) -> None:
+    def add_counts(self, counts: np.ndarray) -> None:
         """Add a histogram computed elsewhere (a fused kernel) to this pass's bins: pass 1, the top 15 bits
         of the float32 magnitude bits (`HIGH_BINS`); pass 2, the low 16 bits (`LOW_BINS`) of the entries in
         the coarse bin `cut_high`."""
         if not self.done:
-            (self._high if self.pass_index == 0 else self._low).add_(counts.cpu())
+            histogram = self._high if self.pass_index == 0 else self._low
+            histogram += counts
+            self._result = None
 
     @property
     def cut_high(self) -> int:
@@ -125,9 +129,11 @@ class MagnitudeSelector:
         """(threshold, number of entries strictly above it) for the whole stream."""
         if self.done:
             return _KEEP_NOTHING.threshold, 0
-        cut_low, above_low = _cut_bin(self._low, self.keep - self._above_high)
-        threshold = _float_of_bits((self._cut_high << _LOW_BITS) | cut_low)
-        return threshold, self._above_high + above_low
+        if self._result is None:
+            cut_low, above_low = _cut_bin(self._low, self.keep - self._above_high)
+            threshold = _float_of_bits((self._cut_high << _LOW_BITS) | cut_low)
+            self._result = threshold, self._above_high + above_low
+        return self._result
 
     def rule_for(self, magnitude: Tensor) -> TrimRule:
         """This tensor's rule; ties at the cut go to the earliest tensors until exactly `keep` are kept."""
@@ -145,7 +151,7 @@ class MagnitudeSelector:
         if self.done:
             return 0
         cut_low, _ = _cut_bin(self._low, self.keep - self._above_high)
-        return int(self._low[cut_low].item())
+        return int(self._low[cut_low])
 
     def take_ties(self, taken: int) -> TrimRule:
         """The next tensor's rule when it keeps `taken` of the ties left (at most `ties_left()`)."""
