@@ -227,3 +227,13 @@ def test_the_device_pipeline_stages_ahead_and_equals_the_blockwise_merge(name, h
         assert stager.log == ["stage", "stage", "compute", "stage", "compute", "compute"]
     else:
         assert stager.log == ["stage", "compute"]
+
+
+def test_eight_experts_at_an_odd_length_equal_the_reference(pool):
+    """torch sums the expert stack over dim 0; past four experts its order could differ from expert order
+    in the last entries of a row, which this length (not a multiple of any vector width) would show."""
+    base, experts = tied_tensors((1001,), seed=7, dtype=torch.float32, n_experts=8)
+    for name, hparams in [("ties", {"trim_scope": "tensor", "density": 0.3}), ("dare", {"combine": "ties"})]:
+        method = get_method(name, **hparams)
+        reference = merge_tensor(method, base, experts, TensorContext("w"), CPU)
+        assert same_bits(fused_merge(method, base, experts, TensorContext("w"), pool), reference)
