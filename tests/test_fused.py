@@ -237,3 +237,14 @@ def test_eight_experts_at_an_odd_length_equal_the_reference(pool):
         method = get_method(name, **hparams)
         reference = merge_tensor(method, base, experts, TensorContext("w"), CPU)
         assert same_bits(fused_merge(method, base, experts, TensorContext("w"), pool), reference)
+
+
+def test_the_cli_passes_threads_and_kernel(tmp_path, monkeypatch):
+    from mergelab.api import cli
+
+    captured = {}
+    monkeypatch.setattr("mergelab.api.merging.merge", lambda *args, **kwargs: captured.update(kwargs))
+    job = ["merge=ties", "base=/b", "experts=[/e1,/e2]", f"out={tmp_path / 'm'}", "threads=1", "kernel=reference"]
+    assert cli.run(job) == 0
+    assert captured["threads"] == 1 and captured["kernel"] == "reference"
+    assert cli.compose_job(job[:4]).kernel == "fused" and cli.compose_job(job[:4]).threads is None
