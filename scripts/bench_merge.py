@@ -5,8 +5,9 @@ experts), then times, each in its own subprocess with its peak RSS, on the same 
 (read every input byte once, write an output of the same size), mergelab `ties` (tensor and global trim
 scope), mergelab `dare` (`combine: ties`), mergelab `task_arithmetic`, and mergekit `ties` (`normalize:
 true`, float32 compute, bf16 output, absolute paths, HF_HUB_OFFLINE=1). A second size (`--second-layers`,
-default twice the layers) shows how time and peak memory scale. All runs see a warm page cache: the floor
-runs first and reads every input. Equality with mergekit is checked twice at the first size: on the timed
+default twice the layers) shows how time and peak memory scale. All runs see a warm page cache (the floor
+runs first and reads every input) and numba's compiled kernels in its cache (every mergelab merge runs once
+on a tiny model first). Equality with mergekit is checked twice at the first size: on the timed
 bf16 outputs (max difference and fraction of differing entries; both round float32 results to bf16, so a
 last-bit flip is possible) and, strictly, on a small float32 copy of the same architecture (tolerance
 1e-6). Writes a markdown table under results/bench/.
@@ -345,6 +346,7 @@ def main() -> int:
 
     env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     mergekit_yaml = find_mergekit(args.mergekit_yaml)
+    warm_kernels(args, env)
     load_before = os.getloadavg()[0]
     sizes = [run_size(args, layers, env, mergekit_yaml, first=index == 0)
              for index, layers in enumerate([args.layers, *([second] if second else [])])]
@@ -359,6 +361,16 @@ def main() -> int:
     target.write_text(table)
     print(f"wrote {target}")
     return 0
+
+
+def warm_kernels(args, env: dict) -> None:
+    """Run every mergelab merge once, untimed, on a tiny model of the same dtype and expert count, so the
+    timed runs load numba's compiled kernels from its cache instead of compiling them."""
+    root = args.workdir / f"warm_e{args.experts}"
+    base, experts = build(root, llama_config(1, 256, hidden=112, intermediate=128), args.experts, torch.bfloat16)
+    for method, hparams in MERGELAB_RUNS.values():
+        command = mergelab_command(base, experts, root / "out", method, hparams, args.density, args.device, args.threads)
+        subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
 
 
 class SizeResult(NamedTuple):

@@ -81,7 +81,7 @@ def stored_array(tensor: Tensor) -> np.ndarray | None:
     """A flat, read-only numpy view of a CPU tensor in the kernels' representation, or None."""
     if tensor.dtype not in _STORED or tensor.device.type != "cpu":
         return None
-    flat = tensor.reshape(-1)
+    flat = tensor.detach().reshape(-1)
     if not flat.is_contiguous():
         flat = flat.contiguous()
     view_as = _STORED[tensor.dtype]
