@@ -77,8 +77,9 @@ def supports(method: MergeMethod) -> bool:
     return type(method) in (Ties, Dare, TaskArithmetic, Average)
 
 
-def stored_array(tensor: Tensor) -> np.ndarray | None:
-    """A flat, read-only numpy view of a CPU tensor in the kernels' representation, or None."""
+def stored_array(tensor: Tensor, writable: bool = False) -> np.ndarray | None:
+    """A flat numpy view of a CPU tensor in the kernels' representation (read-only unless `writable`:
+    one array type for every input, so the experts form one tuple type), or None for other dtypes."""
     if tensor.dtype not in _STORED or tensor.device.type != "cpu":
         return None
     flat = tensor.detach().reshape(-1)
@@ -87,7 +88,7 @@ def stored_array(tensor: Tensor) -> np.ndarray | None:
     view_as = _STORED[tensor.dtype]
     array = flat.numpy() if view_as is None else flat.view(torch.int16).numpy().view(view_as)
     array = array.view()
-    array.setflags(write=False)  # one array type for every input, so the experts form one tuple type
+    array.setflags(write=writable)
     return array
 
 
@@ -107,8 +108,7 @@ def fused_merge(
     if inputs is None:
         return None
     result = torch.empty(base.shape, dtype=out_dtype)
-    out = stored_array(result)
-    out.setflags(write=True)
+    out = stored_array(result, writable=True)
     weights = np.array(method.expert_weights(len(experts)), dtype=np.float32)
     if isinstance(method, TaskArithmetic):
         scale = np.float32(method.params.scale)
