@@ -30,7 +30,7 @@ import platform
 import shutil
 import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -155,19 +155,40 @@ class Measurement(NamedTuple):
     rss: int
 
 
+# Linux carries the parent's peak RSS into a child that is forked (or vforked) and then execs, so a child
+# of this script, which holds tensors while it compares outputs, would report at least this script's peak.
+# The command therefore runs as the child of a small wrapper process, which reports its rusage.
+RUSAGE_WRAPPER = """
+import os, sys, time
+report, command = sys.argv[1], sys.argv[2:]
+started = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.execvp(command[0], command)
+_, status, usage = os.wait4(pid, 0)
+with open(report, "w") as handle:
+    handle.write(f"{time.perf_counter() - started} {usage.ru_utime + usage.ru_stime} {usage.ru_maxrss * 1024}")
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def measure(command: list[str], env: dict | None = None) -> Measurement:
     """Time `command` in a subprocess. CPU seconds are reported beside wall time because on a shared
-    machine wall time also counts waiting for a core; peak RSS is the child's own (ru_maxrss)."""
-    started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise RuntimeError(
-            f"{command[0]} failed ({process.returncode}): {process.stderr.read().decode()[-2000:]}"
-        )
-    return Measurement(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024)
+    machine wall time also counts waiting for a core; peak RSS is the command's own (ru_maxrss, measured
+    under `RUSAGE_WRAPPER` so that this script's memory does not leak into it)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        report, errors = Path(scratch) / "rusage", Path(scratch) / "stderr"
+        with errors.open("wb") as stderr:
+            finished = subprocess.run(
+                [sys.executable, "-c", RUSAGE_WRAPPER, str(report), *command],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        if finished.returncode != 0:
+            raise RuntimeError(f"{command[0]} failed ({finished.returncode}): {errors.read_text()[-2000:]}")
+        wall, cpu, rss = report.read_text().split()
+    return Measurement(float(wall), float(cpu), int(rss))
 
 
 IO_FLOOR = """
