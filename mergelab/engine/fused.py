@@ -15,7 +15,7 @@ that the threads of a `KernelPool` run at once, and the output is written in its
 
 Results are bit-identical to the reference path on the CPU (tests/test_fused.py). `fused_merge` returns None
 for what it does not cover (other methods, dtypes other than float32/bfloat16/float16, experts of mixed
-dtypes), and the engine then takes the reference path.
+dtypes), and the engine then takes the reference path; it also does for merges with `allow_nonfinite`.
 """
 
 from __future__ import annotations
