@@ -7,7 +7,7 @@ import torch
 from mergelab import api
 from mergelab.engine import blockwise, fused, kernels
 from mergelab.engine.checkpoint import CheckpointError
-from mergelab.engine.device import resolve_threads
+from mergelab.engine.device import resolve_threads, torch_threads
 from mergelab.engine.fused import KernelPool, fused_merge
 from mergelab.engine.merge import merge_tensor
 from mergelab.engine.pipeline import SliceStager, merge_pipelined
@@ -187,6 +187,13 @@ def test_threads_default_to_torchs_setting_and_must_be_positive(monkeypatch):
     for bad in (0, -1, 1.5, True):
         with pytest.raises(CheckpointError, match="threads"):
             resolve_threads(bad)
+
+
+def test_torch_threads_follow_the_option_during_a_merge_and_come_back():
+    before = torch.get_num_threads()
+    with torch_threads(before + 1):
+        assert torch.get_num_threads() == before + 1
+    assert torch.get_num_threads() == before
 
 
 def test_unknown_kernel_is_an_error():

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from mergelab.engine import blockwise
 from mergelab.engine.blockwise import merge_blockwise, upcast
 from mergelab.engine.checkpoint import Checkpoint, CheckpointError, TensorInfo, check_compatible, is_float
-from mergelab.engine.device import peak_rss_bytes, resolve_device, resolve_threads
+from mergelab.engine.device import peak_rss_bytes, resolve_device, resolve_threads, torch_threads
 from mergelab.engine.finite import FiniteCheck
 from mergelab.engine.fused import KernelPool, fused_merge
 from mergelab.engine.fused_global import fused_global_trim_contexts
@@ -111,7 +111,8 @@ def merge_checkpoints(
     a `NonFiniteError` naming checkpoint, tensor and count, unless `allow_nonfinite` (then a warning).
     `precision` gives the compute dtype and the dtype merged float tensors are returned or written in.
     `kernel` is `fused` (the CPU kernels where they cover the method and dtypes) or `reference`; `threads`
-    (default: torch's thread count, which follows OMP_NUM_THREADS) is how many threads the fused kernels use.
+    (default: torch's thread count, which follows OMP_NUM_THREADS) is how many threads the fused kernels
+    and, meanwhile, torch's own CPU ops use.
     """
     infos, compute_device = check_inputs(base, experts, method, device)
     if kernel not in KERNELS:
@@ -133,7 +134,7 @@ def merge_checkpoints(
     # NaN and inf propagate through the fused kernels differently from torch's ops (the sign of a NaN vote,
     # a NaN weight total), so merges that let them in take the reference path.
     fused = kernel == "fused" and compute_device.type == "cpu" and not allow_nonfinite
-    with KernelPool(threads if fused else 1) as pool:
+    with torch_threads(threads), KernelPool(threads if fused else 1) as pool:
         contexts = {name: TensorContext(name=name) for name in float_names}
         if method.needs_global_trim:
             model_wide = fused_global_trim_contexts(stream, float_names, method, pool, progress) if fused else None
