@@ -255,3 +255,22 @@ def test_the_cli_passes_threads_and_kernel(tmp_path, monkeypatch):
     assert cli.run(job) == 0
     assert captured["threads"] == 1 and captured["kernel"] == "reference"
     assert cli.compose_job(job[:4]).kernel == "fused" and cli.compose_job(job[:4]).threads is None
+
+
+@pytest.mark.parametrize(("name", "hparams"), [("ties", {"trim_scope": "tensor"}), ("dare", {"combine": "ties"})])
+@pytest.mark.parametrize("out_dtype", ["float32", "float16"])
+def test_out_dtype_is_written_directly_and_equals_the_reference(name, hparams, out_dtype):
+    base, experts = tied_state_dicts(torch.bfloat16, -5)
+    options = {"device": "cpu", "progress": False, "out_dtype": out_dtype, **hparams}
+    reference = api.merge(base, experts, name, kernel="reference", **options)
+    merged = api.merge(base, experts, name, threads=2, **options)
+    for key in ("a.weight", "c.weight"):
+        assert merged[key].dtype == getattr(torch, out_dtype) and same_bits(merged[key], reference[key])
+
+
+def test_float64_compute_takes_the_reference_path():
+    base, experts = tied_state_dicts(torch.float32, -3)
+    merged = api.merge(base, experts, "task_arithmetic", device="cpu", progress=False, dtype="float64")
+    expected = base["a.weight"].double() + 0.4 * sum(expert["a.weight"].double() - base["a.weight"].double()
+                                                      for expert in experts)
+    assert torch.equal(merged["a.weight"], expected.float())
