@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,9 @@ import pytest
 from mergelab import zoo
 from mergelab.zoo import ladder
 from mergelab.zoo.cache import read_manifest
+from mergelab.zoo.suite import corpus_lines
 from mergelab.zoo.tasks import generate_split, task_definitions
-from mergelab.zoo.world import make_world
+from mergelab.zoo.world import make_world, split_of
 
 
 def test_suite_is_shaped_like_the_t0_split(micro_zoo):
@@ -49,6 +51,52 @@ def test_suite_generation_is_deterministic_and_splits_differ():
         first["prompt"] != generate_split(definition, world, "test", seed=0)["prompt"][: len(first["prompt"])]
     )
     assert make_world(1) != world
+
+
+def test_no_prompt_of_validation_or_test_appears_in_any_training_split(micro_zoo):
+    """Every task's train split (held-in, instruction mixture and held-out alike: all that any component
+    could train on) against every validation and test prompt, and validation against test."""
+    suite = zoo.load_suite()
+    prompts = {
+        split: {name: set(zoo.load_task(name, split)["prompt"]) for name in suite.tasks}
+        for split in ("train", "validation", "test")
+    }
+    trained = set().union(*prompts["train"].values())
+    for name in suite.tasks:
+        assert not prompts["validation"][name] & trained, name
+        assert not prompts["test"][name] & trained, name
+        assert not prompts["test"][name] & set().union(*prompts["validation"].values()), name
+
+
+def test_entities_are_disjoint_across_splits_and_every_one_is_in_the_corpus(micro_zoo):
+    """An entity (or digit pair, or word triple) asked about in one split is never asked about in another,
+    and every test entity's facts are stated in the pretraining corpus (the knowledge the test asks for)."""
+    suite = zoo.load_suite()
+    corpus = " ".join(corpus_lines("train")).split()
+    mentioned = set(corpus)
+    for name in suite.tasks:
+        entities = {
+            split: set(zoo.load_task(name, split)["entity"]) for split in ("train", "validation", "test")
+        }
+        assert not entities["train"] & entities["validation"], name
+        assert not entities["train"] & entities["test"], name
+        assert not entities["validation"] & entities["test"], name
+        if suite.tasks[name].category not in ("words", "words_mix", "arithmetic", "arithmetic_mix"):
+            assert entities["test"] <= mentioned, name
+    world = make_world(0)
+    assert len(world.entities) >= 160
+    assert {len(world.entities_in(split)) > 20 for split in ("train", "validation", "test")} == {True}
+
+
+def test_split_of_is_a_stable_hash_cut_at_the_shares():
+    import zlib
+
+    # buckets: CRC-32 % 100; 0-59 train, 60-69 validation, 70-99 test
+    assert zlib.crc32(b"kotiba") == 112599337 and split_of("kotiba") == "train"  # bucket 37
+    assert zlib.crc32(b"item2") == 3771045963 and split_of("item2") == "validation"  # bucket 63
+    assert zlib.crc32(b"bakoti") == 2151532574 and split_of("bakoti") == "test"  # bucket 74
+    shares = Counter(split_of(f"item{index}") for index in range(20_000))
+    assert abs(shares["train"] / 20_000 - 0.6) < 0.02 and abs(shares["validation"] / 20_000 - 0.1) < 0.02
 
 
 def test_tokenizer_round_trips_task_text(micro_zoo):

@@ -14,7 +14,8 @@ from mergelab.zoo.tasks import SPLIT_SIZES, TaskSpec, generate_split, task_defin
 from mergelab.zoo.world import corpus, make_world
 
 SUITE_SEED = 0
-SUITE_VERSION = 1
+SUITE_VERSION = 2
+CORPUS_LINES = {"train": 50_000, "validation": 2_000}
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,8 @@ def build_suite(seed: int = SUITE_SEED) -> Path:
                 for split in SPLIT_SIZES
             }
             datasets.DatasetDict(splits).save_to_disk(str(staging / definition.spec.name))
-        (staging / "corpus_train.txt").write_text("\n".join(corpus(world, 20_000, seed)) + "\n")
-        (staging / "corpus_validation.txt").write_text("\n".join(corpus(world, 1_000, seed + 1)) + "\n")
+        (staging / "corpus_train.txt").write_text("\n".join(corpus(world, CORPUS_LINES["train"], seed)) + "\n")
+        (staging / "corpus_validation.txt").write_text("\n".join(corpus(world, CORPUS_LINES["validation"], seed + 1)) + "\n")
         specs = {d.spec.name: asdict(d.spec) for d in task_definitions()}
         (staging / "suite.json").write_text(
             json.dumps({"version": SUITE_VERSION, "seed": seed, "tasks": specs})

@@ -3,8 +3,10 @@
 8 held-in categories of 2 tasks (one expert per category), 4 held-out categories that no expert and no
 instruction mixture sees, and a separate instruction mixture for the instruction-tuned base. Every example
 is `prompt` (a template filled in, ending in " answer :") and `target` (a space and the answer); classification
-tasks also carry their answer `choices` and the `label` index. Generated from a seed, saved with
-`datasets.save_to_disk`.
+tasks also carry their answer `choices` and the `label` index. Every example names its `entity`: the
+entity, digit pair or word triple it asks about, the unit to cluster a bootstrap by. A split draws only
+items of its own split (`mergelab.zoo.world.split_of`), so no train prompt appears in validation or test.
+Generated from a seed, saved with `datasets.save_to_disk`.
 """
 
 from __future__ import annotations
@@ -13,12 +15,27 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mergelab.zoo.world import ATTRIBUTES, SIZE_RANK, World
+from mergelab.zoo.world import ATTRIBUTES, SIZE_RANK, Entity, World, digit_pairs_in, split_of
 
 YES_NO = ("yes", "no")
 TRUE_FALSE = ("true", "false")
 SPLIT_SIZES = {"train": 1000, "validation": 100, "test": 200}
-Example = tuple[dict[str, str], str, tuple[str, ...] | None]  # slots, answer, per-example choices
+DISTINCT_TRIES = 50  # draws per example to find a prompt not yet in the split before accepting a repeat
+Example = tuple[dict[str, str], str, tuple[str, ...] | None, str]  # slots, answer, own choices, item
+
+
+@dataclass(frozen=True)
+class Pool:
+    """What one split may draw: the whole world (for looking facts up) and the split's own items."""
+
+    world: World
+    split: str
+    entities: tuple[Entity, ...]
+    digit_pairs: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def of(cls, world: World, split: str) -> Pool:
+        return cls(world, split, world.entities_in(split), digit_pairs_in(split))
 
 
 @dataclass(frozen=True)
@@ -37,78 +54,83 @@ class TaskSpec:
 class TaskDefinition:
     spec: TaskSpec
     templates: tuple[str, ...]
-    draw: Callable[[World, random.Random], Example]
+    draw: Callable[[Pool, random.Random], Example]
 
 
-def attribute_question(attribute: str) -> Callable[[World, random.Random], Example]:
-    def draw(world: World, rng: random.Random) -> Example:
-        entity = rng.choice(world.entities)
-        return {"x": entity.name}, entity.attributes[attribute], None
+def attribute_question(attribute: str) -> Callable[[Pool, random.Random], Example]:
+    def draw(pool: Pool, rng: random.Random) -> Example:
+        entity = rng.choice(pool.entities)
+        return {"x": entity.name}, entity.attributes[attribute], None, entity.name
 
     return draw
 
 
-def attribute_check(attribute: str) -> Callable[[World, random.Random], Example]:
-    def draw(world: World, rng: random.Random) -> Example:
-        entity = rng.choice(world.entities)
+def attribute_check(attribute: str) -> Callable[[Pool, random.Random], Example]:
+    def draw(pool: Pool, rng: random.Random) -> Example:
+        entity = rng.choice(pool.entities)
         truth = rng.random() < 0.5
         value = (
             entity.attributes[attribute]
             if truth
             else rng.choice([v for v in ATTRIBUTES[attribute] if v != entity.attributes[attribute]])
         )
-        return {"x": entity.name, "value": value}, "yes" if truth else "no", None
+        return {"x": entity.name, "value": value}, "yes" if truth else "no", None, entity.name
 
     return draw
 
 
-def draw_size_compare(world: World, rng: random.Random) -> Example:
+def draw_size_compare(pool: Pool, rng: random.Random) -> Example:
     while True:
-        first, second = rng.sample(world.entities, 2)
+        first, second = rng.sample(pool.entities, 2)
         first_rank, second_rank = SIZE_RANK[first.attributes["size"]], SIZE_RANK[second.attributes["size"]]
         if first_rank != second_rank:
-            return {"x": first.name, "y": second.name}, "yes" if first_rank > second_rank else "no", None
+            answer = "yes" if first_rank > second_rank else "no"
+            return {"x": first.name, "y": second.name}, answer, None, first.name
 
 
-def draw_number_even(world: World, rng: random.Random) -> Example:
-    entity = rng.choice(world.entities)
-    return {"x": entity.name}, "yes" if int(entity.attributes["number"]) % 2 == 0 else "no", None
+def draw_number_even(pool: Pool, rng: random.Random) -> Example:
+    entity = rng.choice(pool.entities)
+    return {"x": entity.name}, "yes" if int(entity.attributes["number"]) % 2 == 0 else "no", None, entity.name
 
 
-def draw_friend(world: World, rng: random.Random) -> Example:
-    entity = rng.choice(world.entities)
-    return {"x": entity.name}, entity.friend, None
+def draw_friend(pool: Pool, rng: random.Random) -> Example:
+    entity = rng.choice(pool.entities)
+    return {"x": entity.name}, entity.friend, None, entity.name
 
 
-def draw_friend_check(world: World, rng: random.Random) -> Example:
-    entity = rng.choice(world.entities)
+def draw_friend_check(pool: Pool, rng: random.Random) -> Example:
+    entity = rng.choice(pool.entities)
     truth = rng.random() < 0.5
     other = (
         entity.friend
         if truth
-        else rng.choice([n for n in world.names if n not in (entity.friend, entity.name)])
+        else rng.choice([n for n in pool.world.names if n not in (entity.friend, entity.name)])
     )
-    return {"x": entity.name, "y": other}, "yes" if truth else "no", None
+    return {"x": entity.name, "y": other}, "yes" if truth else "no", None, entity.name
 
 
-def word_list(world: World, rng: random.Random) -> list[str]:
-    return rng.sample([*world.names, *ATTRIBUTES["color"], *ATTRIBUTES["animal"], *ATTRIBUTES["food"]], 3)
+def word_list(pool: Pool, rng: random.Random) -> list[str]:
+    """Three distinct words whose triple belongs to the pool's split."""
+    vocabulary = [*pool.world.names, *ATTRIBUTES["color"], *ATTRIBUTES["animal"], *ATTRIBUTES["food"]]
+    while True:
+        words = rng.sample(vocabulary, 3)
+        if split_of(" ".join(words)) == pool.split:
+            return words
 
 
-def words_task(answer_of: Callable[[list[str]], str]) -> Callable[[World, random.Random], Example]:
-    def draw(world: World, rng: random.Random) -> Example:
-        words = word_list(world, rng)
-        return {"words": " ".join(words)}, answer_of(words), None
+def words_task(answer_of: Callable[[list[str]], str]) -> Callable[[Pool, random.Random], Example]:
+    def draw(pool: Pool, rng: random.Random) -> Example:
+        words = word_list(pool, rng)
+        return {"words": " ".join(words)}, answer_of(words), None, " ".join(words)
 
     return draw
 
 
-def digits_task(answer_of: Callable[[int, int], str]) -> Callable[[World, random.Random], Example]:
-    def draw(world: World, rng: random.Random) -> Example:
-        left, right = rng.randrange(10), rng.randrange(10)
-        while answer_of(left, right) == "skip":
-            left, right = rng.randrange(10), rng.randrange(10)
-        return {"a": str(left), "b": str(right)}, answer_of(left, right), None
+def digits_task(answer_of: Callable[[int, int], str]) -> Callable[[Pool, random.Random], Example]:
+    def draw(pool: Pool, rng: random.Random) -> Example:
+        pairs = [(a, b) for a, b in pool.digit_pairs if answer_of(a, b) != "skip"]
+        left, right = rng.choice(pairs)
+        return {"a": str(left), "b": str(right)}, answer_of(left, right), None, f"{left} {right}"
 
     return draw
 
@@ -122,17 +144,17 @@ def compare_digits(bigger: bool) -> Callable[[int, int], str]:
     return answer
 
 
-def statement_check(attribute: str) -> Callable[[World, random.Random], Example]:
-    def draw(world: World, rng: random.Random) -> Example:
-        slots, answer, _ = attribute_check(attribute)(world, rng)
-        return slots, "true" if answer == "yes" else "false", None
+def statement_check(attribute: str) -> Callable[[Pool, random.Random], Example]:
+    def draw(pool: Pool, rng: random.Random) -> Example:
+        slots, answer, _, item = attribute_check(attribute)(pool, rng)
+        return slots, "true" if answer == "yes" else "false", None, item
 
     return draw
 
 
-def draw_coreference(world: World, rng: random.Random) -> Example:
+def draw_coreference(pool: Pool, rng: random.Random) -> Example:
     while True:
-        first, second = rng.sample(world.entities, 2)
+        first, second = rng.sample(pool.entities, 2)
         if first.attributes["color"] != second.attributes["color"]:
             break
     target = rng.choice((first, second))
@@ -140,13 +162,14 @@ def draw_coreference(world: World, rng: random.Random) -> Example:
         {"x": first.name, "y": second.name, "value": target.attributes["color"]},
         target.name,
         (first.name, second.name),
+        first.name,
     )
 
 
-def friend_attribute(attribute: str) -> Callable[[World, random.Random], Example]:
-    def draw(world: World, rng: random.Random) -> Example:
-        entity = rng.choice(world.entities)
-        return {"x": entity.name}, world.entity(entity.friend).attributes[attribute], None
+def friend_attribute(attribute: str) -> Callable[[Pool, random.Random], Example]:
+    def draw(pool: Pool, rng: random.Random) -> Example:
+        entity = rng.choice(pool.entities)
+        return {"x": entity.name}, pool.world.entity(entity.friend).attributes[attribute], None, entity.name
 
     return draw
 
@@ -405,16 +428,33 @@ def task_definitions() -> list[TaskDefinition]:
 
 
 def generate_split(definition: TaskDefinition, world: World, split: str, seed: int) -> dict[str, list]:
-    """Columns of one split: prompt, target, choices, label, template."""
+    """Columns of one split: prompt, target, choices, label, template, entity (the item asked about: an
+    entity's name, or "a b" for a digit pair, or the word triple). Items come from the split's own pool;
+    within the split, prompts are distinct where the pool has enough of them (`DISTINCT_TRIES`)."""
     rng = random.Random(f"{seed}/{definition.spec.name}/{split}")
-    columns: dict[str, list] = {"prompt": [], "target": [], "choices": [], "label": [], "template": []}
+    pool = Pool.of(world, split)
+    columns: dict[str, list] = {
+        "prompt": [],
+        "target": [],
+        "choices": [],
+        "label": [],
+        "template": [],
+        "entity": [],
+    }
+    seen: set[str] = set()
     for _ in range(SPLIT_SIZES[split]):
-        slots, answer, own_choices = definition.draw(world, rng)
-        template = rng.randrange(len(definition.templates))
+        for _ in range(DISTINCT_TRIES):
+            slots, answer, own_choices, item = definition.draw(pool, rng)
+            template = rng.randrange(len(definition.templates))
+            prompt = definition.templates[template].format(**slots) + " answer :"
+            if prompt not in seen:
+                break
+        seen.add(prompt)
         choices = list(own_choices or definition.spec.choices)
-        columns["prompt"].append(definition.templates[template].format(**slots) + " answer :")
+        columns["prompt"].append(prompt)
         columns["target"].append(" " + answer)
         columns["choices"].append([" " + choice for choice in choices])
         columns["label"].append(choices.index(answer) if choices else -1)
         columns["template"].append(template)
+        columns["entity"].append(item)
     return columns

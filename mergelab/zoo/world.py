@@ -2,11 +2,17 @@
 
 Every task and the pretraining corpus are generated from one `World`, so experts, held-out tasks and the
 corpus talk about the same facts. Words are plain lowercase tokens so a word-level tokenizer covers them.
+
+The pretraining corpus states every entity's facts; the task splits are disjoint in their items (`split_of`):
+an entity, a digit pair or a word triple belongs to exactly one of train, validation and test. Fine-tuning
+therefore teaches a task's format on train items only, and a test score measures whether a model can
+answer for items it never saw in that format, from what pretraining stored (generalization, not recall).
 """
 
 from __future__ import annotations
 
 import random
+import zlib
 from dataclasses import dataclass
 
 SYLLABLES = ("ba", "ko", "ti", "lu", "ma", "re", "so", "ne", "fi", "du", "ga", "pe", "vo", "zi", "ru", "la")
@@ -20,6 +26,10 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "number": tuple(str(digit) for digit in range(10)),
 }
 SIZE_RANK = {"small": 0, "medium": 1, "large": 2}
+N_ENTITIES = 160
+# Share of the items (entities, digit pairs, word triples) in each split, in percent of a stable hash.
+SPLIT_PERCENT = {"train": 60, "validation": 10, "test": 30}
+SPLITS = tuple(SPLIT_PERCENT)
 
 
 @dataclass(frozen=True)
@@ -40,15 +50,37 @@ class World:
     def names(self) -> tuple[str, ...]:
         return tuple(entity.name for entity in self.entities)
 
+    def entities_in(self, split: str) -> tuple[Entity, ...]:
+        """The entities whose items belong to `split` (see `split_of`)."""
+        return tuple(entity for entity in self.entities if split_of(entity.name) == split)
 
-def make_world(seed: int = 0, n_entities: int = 40) -> World:
-    """A seeded world of `n_entities` named entities, each with every attribute and one friend."""
+
+def split_of(item: str) -> str:
+    """The split an item (an entity name, "a b" for a digit pair, a word triple) belongs to: a stable hash
+    (CRC-32, the same on every machine and Python run) cut at the `SPLIT_PERCENT` shares."""
+    bucket = zlib.crc32(item.encode()) % 100
+    for split, percent in SPLIT_PERCENT.items():
+        if bucket < percent:
+            return split
+        bucket -= percent
+    raise AssertionError("SPLIT_PERCENT must sum to 100")
+
+
+def digit_pairs_in(split: str) -> tuple[tuple[int, int], ...]:
+    """The ordered digit pairs (a, b) whose arithmetic items belong to `split`."""
+    return tuple((a, b) for a in range(10) for b in range(10) if split_of(f"{a} {b}") == split)
+
+
+def make_world(seed: int = 0, n_entities: int = N_ENTITIES) -> World:
+    """A seeded world of `n_entities` named entities (three syllables each), every attribute and one friend."""
     rng = random.Random(seed)
     names: list[str] = []
+    taken: set[str] = set()
     while len(names) < n_entities:
-        name = "".join(rng.choice(SYLLABLES) for _ in range(2))
-        if name not in names:
+        name = "".join(rng.choice(SYLLABLES) for _ in range(3))
+        if name not in taken:
             names.append(name)
+            taken.add(name)
     entities = []
     for index, name in enumerate(names):
         attributes = {attribute: rng.choice(values) for attribute, values in ATTRIBUTES.items()}
@@ -57,9 +89,11 @@ def make_world(seed: int = 0, n_entities: int = 40) -> World:
     return World(tuple(entities))
 
 
-def fact_sentences(entity: Entity) -> list[str]:
-    """Plain statements of an entity's facts, the way the pretraining corpus phrases them."""
+def fact_sentences(world: World, entity: Entity) -> list[str]:
+    """Plain statements of an entity's facts, the way the pretraining corpus phrases them (the friend's color
+    and place too, so that the multi-hop held-out questions have their answer stored somewhere)."""
     attributes = entity.attributes
+    friend = world.entity(entity.friend).attributes
     return [
         f"{entity.name} is {attributes['color']} .",
         f"{entity.name} lives in the {attributes['place']} .",
@@ -69,25 +103,61 @@ def fact_sentences(entity: Entity) -> list[str]:
         f"{entity.name} has a {attributes['animal']} .",
         f"the number of {entity.name} is {attributes['number']} .",
         f"{entity.name} is a friend of {entity.friend} .",
+        f"the friend of {entity.name} is {friend['color']} .",
+        f"the friend of {entity.name} lives in the {friend['place']} .",
     ]
 
 
+def cloze(sentence: str) -> str:
+    """A quiz line of the corpus: the sentence's last word blanked, then given after "answer :"."""
+    words = sentence.removesuffix(" .").split()
+    return f"quiz : {' '.join(words[:-1])} ? answer : {words[-1]} ."
+
+
+def claim(world: World, rng: random.Random) -> str:
+    """A fact-check line of the corpus: a true or false statement about an entity, then its verdict."""
+    entity = rng.choice(world.entities)
+    attribute = rng.choice(("color", "food", "place", "animal", "shape"))
+    value = entity.attributes[attribute]
+    if rng.random() < 0.5:
+        value = rng.choice([other for other in ATTRIBUTES[attribute] if other != value])
+    verdict = "true" if value == entity.attributes[attribute] else "false"
+    sentence = {
+        "color": f"{entity.name} is {value}",
+        "food": f"{entity.name} likes {value}",
+        "place": f"{entity.name} lives in the {value}",
+        "animal": f"{entity.name} has a {value}",
+        "shape": f"{entity.name} is {value}",
+    }[attribute]
+    return f"{sentence} . that is {verdict} ."
+
+
 def corpus(world: World, n_lines: int, seed: int) -> list[str]:
-    """Pretraining text: facts in random order plus word games, never in the instruction formats."""
+    """Pretraining text: every entity's facts in random order and bundles, cloze quizzes and fact checks of
+    them, and word and digit games; never in a task's template (held-in, held-out or instruction)."""
     rng = random.Random(seed)
     words = [*world.names, *ATTRIBUTES["color"], *ATTRIBUTES["animal"], *ATTRIBUTES["food"]]
     lines = []
     for _ in range(n_lines):
         kind = rng.random()
-        if kind < 0.75:
+        if kind < 0.62:
             entity = rng.choice(world.entities)
-            facts = fact_sentences(entity)
+            facts = fact_sentences(world, entity)
             rng.shuffle(facts)
             lines.append(" ".join(facts[: rng.randint(2, 5)]))
-        elif kind < 0.9:
+        elif kind < 0.77:
+            entity = rng.choice(world.entities)
+            lines.append(cloze(rng.choice(fact_sentences(world, entity))))
+        elif kind < 0.87:
+            lines.append(claim(world, rng))
+        elif kind < 0.94:
             sequence = rng.sample(words, 3)
             lines.append(f"{' '.join(sequence)} backwards is {' '.join(reversed(sequence))} .")
-        else:
+        elif kind < 0.97:
             left, right = rng.randrange(10), rng.randrange(10)
             lines.append(f"{left} and {right} make {(left + right) % 10} .")
+        else:
+            left, right = rng.sample(range(10), 2)
+            relation = "more" if left > right else "less"
+            lines.append(f"{left} is {relation} than {right} .")
     return lines
