@@ -4,7 +4,13 @@ Budgets (issue #4): micro <= 60 s, the smallest ladder size (every component) <=
 the whole ladder <= 60 min on CPU or <= 10 min on one GPU. Also prints batched evaluation throughput
 against a one-example-at-a-time loop (target >= 10x).
 
+With --step, times instead one pretraining step of each size on the CPU (at the size's thread count and
+shapes, random tokens): forward, backward and optimizer separately, for the training loop as it was
+(full-vocabulary logits under an all-ones attention mask, the library's loss, single-tensor AdamW) and as it
+is (`mergelab.zoo.train.labelled_loss` without a mask, multi-tensor AdamW), with tokens per second.
+
 usage: python scripts/bench_zoo.py --sizes micro xs [--device cpu] [--keep DIR]
+       python scripts/bench_zoo.py --step --sizes xs s [--repeats 20]
 """
 
 from __future__ import annotations
@@ -24,6 +30,71 @@ def time_build(size: str, device: str) -> float:
     started = time.perf_counter()
     zoo.build(size, device=device)
     return time.perf_counter() - started
+
+
+def time_step(size: str, fast: bool, repeats: int) -> dict[str, float]:
+    """Mean milliseconds of forward, backward and optimizer of one pretraining step of `size` (after 3 warm-up
+    steps), and tokens per second, for the old (`fast=False`) or the current training step."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mergelab.zoo.ladder import SIZES
+    from mergelab.zoo.train import labelled_loss
+
+    spec = SIZES[size]
+    torch.set_num_threads(spec.cpu_threads)
+    torch.manual_seed(0)
+    vocab = 280
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=spec.hidden,
+        intermediate_size=spec.intermediate,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.heads,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=fast)
+    tokens = torch.randint(
+        0, vocab, (spec.batch_size, spec.seq_len), generator=torch.Generator().manual_seed(0)
+    )
+    totals = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+    for step in range(repeats + 3):
+        started = time.perf_counter()
+        if fast:
+            loss = labelled_loss(model, tokens, tokens)
+        else:
+            loss = model(input_ids=tokens, attention_mask=torch.ones_like(tokens), labels=tokens).loss
+        forward = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        backward = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        done = time.perf_counter()
+        if step >= 3:
+            totals["forward"] += forward - started
+            totals["backward"] += backward - forward
+            totals["optimizer"] += done - backward
+    result = {name: 1000 * seconds / repeats for name, seconds in totals.items()}
+    result["step"] = sum(result.values())
+    result["tokens_per_s"] = spec.batch_size * spec.seq_len / (result["step"] / 1000)
+    return result
+
+
+def print_step_times(sizes: list[str], repeats: int) -> None:
+    print(f"load average {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} CPU cores")
+    print("size     loop      forward ms  backward ms  optimizer ms  step ms  tokens/s")
+    for size in sizes:
+        for fast in (False, True):
+            times = time_step(size, fast, repeats)
+            print(
+                f"{size:<8} {'current' if fast else 'before':<9} {times['forward']:>10.1f} "
+                f"{times['backward']:>12.1f} {times['optimizer']:>13.1f} {times['step']:>8.1f} "
+                f"{times['tokens_per_s']:>9.0f}"
+            )
 
 
 def eval_throughput(size: str, task: str, n_examples: int) -> tuple[float, float]:
@@ -54,7 +125,12 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, help="build into this MERGELAB_HOME instead of a temporary one")
     parser.add_argument("--eval-task", default="color_qa", help="task for the evaluation throughput check")
     parser.add_argument("--eval-examples", type=int, default=200)
+    parser.add_argument("--step", action="store_true", help="time one training step per size instead")
+    parser.add_argument("--repeats", type=int, default=20, help="timed steps per size with --step")
     args = parser.parse_args()
+    if args.step:
+        print_step_times(args.sizes, args.repeats)
+        return 0
 
     home = args.keep or Path(tempfile.mkdtemp(prefix="mergelab_bench_zoo_"))
     os.environ["MERGELAB_HOME"] = str(home)

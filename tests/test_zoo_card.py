@@ -43,7 +43,17 @@ def test_gates_pass_and_fail_on_the_measured_numbers():
     expert_ok, expert_text = results["xs: every expert >= 0.9 on its category (or +0.30 over both bases)"]
     assert not expert_ok and expert_text == "failing: base/b 0.75"
     assert results["xs: it base beats base on held-out"] == (True, "it 0.550 vs base 0.375")
-    assert results["xs: it base above chance on held-out"] == (True, "0.550 vs chance 0.375")
+    # held-out standard error of it: categories o and p, one task each, weight 1/2, 200 examples:
+    # sqrt((0.25 * 0.5 * 0.5 + 0.25 * 0.6 * 0.4) / 200) = sqrt(0.1225 / 200) = 0.02475; 0.175 > 0.0495
+    assert results["xs: it base above chance on held-out by 2 standard errors"] == (
+        True,
+        "0.550 vs chance 0.375 (standard error 0.025)",
+    )
+    # the pretrained base sits exactly at chance (o1 0.25, p1 0.5): sqrt((0.25*0.1875 + 0.25*0.25)/200)
+    assert results["xs: pretrained base above chance on held-out by 2 standard errors"] == (
+        False,
+        "0.375 vs chance 0.375 (standard error 0.023)",
+    )
     # average8 held-in: category a mean 0.9, b 0.9 -> 0.9; experts (0.95 + 0.75) / 2 = 0.85 -> not below.
     assert results["xs: 8-expert average below the experts on held-in"] == (
         False,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -23,6 +24,7 @@ class SizeScores:
     device: str
     expert_own: dict[str, dict[str, float]]  # base_kind -> category -> mean accuracy on its own tasks
     models: dict[str, dict[str, float]]  # model label -> task -> score
+    examples: int = 200  # test examples per task behind each score
 
     def group_mean(self, label: str, suite: TaskSuite, group: str) -> float:
         scores = {task: self.models[label][task] for task in suite.group(group)}
@@ -65,18 +67,18 @@ def evaluate_size(size: str, max_examples: int = 200) -> SizeScores:
         base_path = model_path(size, base_kind, "base")
         merged = load_merged_model(base_path, merge(base_path, expert_paths, "average", progress=False))
         models[f"{base_kind}/average8"] = score_model(merged, tokenizer, all_tasks, suite, max_examples)
-    scores = _with_manifest_facts(size, expert_own, models)
+    scores = _with_manifest_facts(size, expert_own, models, max_examples)
     summary = {
         "expert_held_in": _mean(expert_own["base"].values()),
         "it_held_out": scores.group_mean("it/base", suite, "held_out"),
     }
     (zoo_home() / size / "scores.json").write_text(
-        json.dumps(summary | {"models": models, "experts": expert_own})
+        json.dumps(summary | {"models": models, "experts": expert_own, "examples": max_examples})
     )
     return scores
 
 
-def _with_manifest_facts(size: str, expert_own: dict, models: dict) -> SizeScores:
+def _with_manifest_facts(size: str, expert_own: dict, models: dict, examples: int) -> SizeScores:
     """SizeScores with parameters, loss, training seconds and device read from the component manifests."""
     suite = load_suite()
     paths = [model_path(size, kind, role) for kind in BASE_KINDS for role in ("base", "multitask")]
@@ -91,18 +93,34 @@ def _with_manifest_facts(size: str, expert_own: dict, models: dict) -> SizeScore
         base_manifest["device"],
         expert_own,
         models,
+        examples,
     )
 
 
 def load_size_scores(size: str) -> SizeScores:
     """The scores `evaluate_size` saved for a size (so the card can be re-rendered without evaluating)."""
     saved = json.loads((zoo_home() / size / "scores.json").read_text())
-    return _with_manifest_facts(size, saved["experts"], saved["models"])
+    return _with_manifest_facts(size, saved["experts"], saved["models"], saved.get("examples", 200))
 
 
 def _mean(values) -> float:
     values = list(values)
     return sum(values) / len(values) if values else float("nan")
+
+
+def held_out_standard_error(task_scores: dict[str, float], suite: TaskSuite, examples: int) -> float:
+    """Binomial standard error of the held-out aggregate (mean over categories of the mean over their
+    tasks) with `examples` independent test examples per task: sqrt(sum_t w_t^2 p_t (1 - p_t) / n), where
+    w_t is the task's weight in the aggregate, 1 / (categories x tasks in its category). Examples that share an
+    entity are not independent, so this is a floor; the study reports' bootstrap clusters by entity."""
+    categories = suite.held_out_categories
+    variance = 0.0
+    for category in categories:
+        tasks = suite.tasks_in(category)
+        for task in tasks:
+            weight = 1 / (len(categories) * len(tasks))
+            variance += weight**2 * task_scores[task] * (1 - task_scores[task]) / examples
+    return math.sqrt(variance)
 
 
 def gates(ladder: list[SizeScores], suite: TaskSuite) -> list[tuple[str, bool, str]]:
@@ -134,13 +152,15 @@ def gates(ladder: list[SizeScores], suite: TaskSuite) -> list[tuple[str, bool, s
             )
         )
         chance = aggregate({t: suite.tasks[t].chance for t in suite.group("held_out")}, suite.category_of())
-        results.append(
-            (
-                f"{scores.size}: it base above chance on held-out",
-                it_out > chance,
-                f"{it_out:.3f} vs chance {chance:.3f}",
+        for base_kind, name, score in (("base", "pretrained base", base_out), ("it", "it base", it_out)):
+            error = held_out_standard_error(scores.models[f"{base_kind}/base"], suite, scores.examples)
+            results.append(
+                (
+                    f"{scores.size}: {name} above chance on held-out by 2 standard errors",
+                    score - chance > 2 * error,
+                    f"{score:.3f} vs chance {chance:.3f} (standard error {error:.3f})",
+                )
             )
-        )
         expert_in = _mean(scores.expert_own["base"].values())
         average_in = scores.group_mean("base/average8", suite, "held_in")
         results.append(

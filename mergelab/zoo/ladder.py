@@ -37,6 +37,9 @@ BASE_KINDS = ("base", "it")
 ROLES = ("base", "expert", "multitask")
 INITS = (0, 1)  # init 1: a second pretrain from another seed, with only its base and experts
 INIT_SEED_STEP = 1000  # the pretrain seed of init i is spec.seed + INIT_SEED_STEP * i
+# Times each train example of a task is repeated in a fine-tuning mixture: the generative tasks that need
+# the most steps get more of them (the other task of their category is a classification).
+TASK_WEIGHTS = {"add_digits": 2, "reverse_words": 2}
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class SizeSpec:
     finetune_lr: float = 1e-3
     seed: int = 0
     cpu_threads: int = 1  # fixed per size: CPU float results depend on the thread count
+    rehearsal_batch: int = 8  # pretraining windows per fine-tuning step (see train.train_loop)
 
 
 SIZES: dict[str, SizeSpec] = {
@@ -77,20 +81,20 @@ SIZES: dict[str, SizeSpec] = {
         layers=2,
         heads=4,
         intermediate=128,
-        pretrain_steps=1000,
-        it_steps=300,
-        expert_steps=150,
-        multitask_steps=500,
+        pretrain_steps=3000,
+        it_steps=400,
+        expert_steps=300,
+        multitask_steps=600,
     ),
     "s": SizeSpec(
         hidden=128,
         layers=3,
         heads=4,
         intermediate=256,
-        pretrain_steps=1500,
+        pretrain_steps=2000,
         it_steps=400,
-        expert_steps=200,
-        multitask_steps=700,
+        expert_steps=300,
+        multitask_steps=600,
         pretrain_lr=2e-3,
     ),
     "m": SizeSpec(
@@ -98,10 +102,10 @@ SIZES: dict[str, SizeSpec] = {
         layers=4,
         heads=6,
         intermediate=512,
-        pretrain_steps=2000,
-        it_steps=500,
-        expert_steps=250,
-        multitask_steps=900,
+        pretrain_steps=1500,
+        it_steps=300,
+        expert_steps=200,
+        multitask_steps=400,
         pretrain_lr=1.5e-3,
         finetune_lr=7e-4,
         cpu_threads=2,
@@ -111,10 +115,10 @@ SIZES: dict[str, SizeSpec] = {
         layers=4,
         heads=8,
         intermediate=768,
-        pretrain_steps=2500,
-        it_steps=600,
-        expert_steps=300,
-        multitask_steps=1000,
+        pretrain_steps=1200,
+        it_steps=300,
+        expert_steps=200,
+        multitask_steps=400,
         pretrain_lr=1e-3,
         finetune_lr=5e-4,
         cpu_threads=2,
@@ -256,11 +260,19 @@ def _build_components(
     pretrain_seed = spec.seed + INIT_SEED_STEP * init
     encoded: dict[str, list[tuple[list[int], list[int]]]] = {}
 
+    streams: dict[str, torch.Tensor] = {}
+
     def examples_of(tasks: list[str]) -> list[tuple[list[int], list[int]]]:
         for name in tasks:
             if name not in encoded:
                 encoded[name] = encode_task(tokenizer, name)
-        return [example for name in tasks for example in encoded[name]]
+        return [example for name in tasks for example in encoded[name] * TASK_WEIGHTS.get(name, 1)]
+
+    def corpus_stream(split: str) -> torch.Tensor:
+        if split not in streams:
+            text = " ".join(corpus_lines(split))
+            streams[split] = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids)
+        return streams[split]
 
     def pretrain():
         config = LlamaConfig(
@@ -278,10 +290,9 @@ def _build_components(
         )
         torch.manual_seed(pretrain_seed)
         model = LlamaForCausalLM(config)
-        stream = torch.tensor(tokenizer(" ".join(corpus_lines("train")), add_special_tokens=False).input_ids)
         loss = train_loop(
             model,
-            packed_batches(stream, spec.batch_size, spec.seq_len),
+            packed_batches(corpus_stream("train"), spec.batch_size, spec.seq_len),
             steps=spec.pretrain_steps,
             learning_rate=spec.pretrain_lr,
             seed=pretrain_seed,
@@ -289,10 +300,7 @@ def _build_components(
             desc=f"{size} pretrain" + (f" init {init}" if init else ""),
             progress=progress,
         )
-        validation = torch.tensor(
-            tokenizer(" ".join(corpus_lines("validation")), add_special_tokens=False).input_ids
-        )
-        val_loss = stream_loss(model, validation, spec.seq_len, compute)
+        val_loss = stream_loss(model, corpus_stream("validation"), spec.seq_len, compute)
         params = sum(p.numel() for p in model.parameters())
         return model.cpu(), common | {"train_loss": loss, "val_loss": val_loss, "parameters": params}
 
@@ -308,6 +316,7 @@ def _build_components(
                 device=compute,
                 desc=desc,
                 progress=progress,
+                rehearsal=packed_batches(corpus_stream("train"), spec.rehearsal_batch, spec.seq_len),
             )
             return model.cpu(), common | {"train_loss": loss, "tasks": tasks}
 
