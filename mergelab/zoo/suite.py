@@ -63,8 +63,12 @@ def build_suite(seed: int = SUITE_SEED) -> Path:
                 for split in SPLIT_SIZES
             }
             datasets.DatasetDict(splits).save_to_disk(str(staging / definition.spec.name))
-        (staging / "corpus_train.txt").write_text("\n".join(corpus(world, CORPUS_LINES["train"], seed)) + "\n")
-        (staging / "corpus_validation.txt").write_text("\n".join(corpus(world, CORPUS_LINES["validation"], seed + 1)) + "\n")
+        (staging / "corpus_train.txt").write_text(
+            "\n".join(corpus(world, CORPUS_LINES["train"], seed)) + "\n"
+        )
+        (staging / "corpus_validation.txt").write_text(
+            "\n".join(corpus(world, CORPUS_LINES["validation"], seed + 1)) + "\n"
+        )
         specs = {d.spec.name: asdict(d.spec) for d in task_definitions()}
         (staging / "suite.json").write_text(
             json.dumps({"version": SUITE_VERSION, "seed": seed, "tasks": specs})
