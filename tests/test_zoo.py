@@ -85,7 +85,7 @@ def test_entities_are_disjoint_across_splits_and_every_one_is_in_the_corpus(micr
             assert entities["test"] <= mentioned, name
     world = make_world(0)
     assert len(world.entities) >= 160
-    assert {len(world.entities_in(split)) > 20 for split in ("train", "validation", "test")} == {True}
+    assert min(len(world.entities_in(split)) for split in ("train", "validation", "test")) >= 10
 
 
 def test_split_of_is_a_stable_hash_cut_at_the_shares():
