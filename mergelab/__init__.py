@@ -12,3 +12,10 @@ def merge(*args: Any, **kwargs: Any) -> Any:
     from mergelab.api.merging import merge as merge_checkpoints
 
     return merge_checkpoints(*args, **kwargs)
+
+
+def merge_from_yaml(path: Any, out: Any = None, **options: Any) -> Any:
+    """Merge as a mergekit YAML configuration says; see `mergelab.api.mergekit_config.merge_from_yaml`."""
+    from mergelab.api.mergekit_config import merge_from_yaml as merge_mergekit_config
+
+    return merge_mergekit_config(path, out, **options)

@@ -41,8 +41,11 @@ JOB_KEYS = (
     "chat_template",
     "kernel",
     "threads",
+    "config",
 )
 REQUIRED_KEYS = ("base", "experts", "out")
+# With config=FILE (a mergekit YAML or a mergelab.json) the file gives the inputs and the method.
+CONFIG_FILE_KEYS = ("config", "out", "device", "overwrite", "max_shard_size", "progress", "allow_nonfinite")
 
 
 def help_text() -> str:
@@ -54,6 +57,11 @@ def help_text() -> str:
         "                      [dtype=float32|float64] [out_dtype=float32|float16|bfloat16]",
         "                      [tokenizer_source=base|union|expert:I] [chat_template=base|expert:I]",
         "                      [threads=N] [kernel=fused|reference]",
+        "       mergelab merge config=FILE out=DIR [device=...] [overwrite=true|force] [progress=false]",
+        "",
+        "config=FILE reads the merge from a mergekit YAML configuration (merge_method, base_model, models,",
+        "parameters; see the README's 'Coming from mergekit') or from a merged directory's mergelab.json,",
+        "which merges it again byte for byte.",
         "",
         "Merges experts fine-tuned from one base into a Hugging Face model directory (sharded safetensors,",
         "config and tokenizer copied from the base). base and experts are model directories, safetensors",
@@ -151,6 +159,9 @@ def run(overrides: list[str]) -> int:
     """Compose the job and merge; the summary line goes to stdout."""
     from mergelab.api.merging import merge
 
+    method_overrides, job_values = split_overrides(overrides)
+    if "config" in job_values:
+        return run_config_file(method_overrides, job_values)
     config = compose_job(overrides)
     hparams = OmegaConf.to_container(config.merge, resolve=True)
     method = hparams.pop("method")
@@ -173,6 +184,25 @@ def run(overrides: list[str]) -> int:
         threads=config.threads,
         **hparams,
     )
+    return 0
+
+
+def run_config_file(method_overrides: list[str], job_values: dict[str, Any]) -> int:
+    """`mergelab merge config=FILE out=DIR [...]`: the merge comes from FILE; only run options may be given."""
+    from mergelab.api.reproduce import merge_from_config
+
+    extra = [key for key in job_values if key not in CONFIG_FILE_KEYS] + method_overrides[:1]
+    if extra:
+        key = extra[0].lstrip("+~").split("=")[0]
+        allowed = ", ".join(CONFIG_FILE_KEYS)
+        raise MergeConfigError(f"config= gives the inputs and the method: remove {key} (allowed: {allowed})")
+    if "out" not in job_values:
+        raise MergeConfigError("missing required option(s): out (see `mergelab merge --help`)")
+    options = {key: value for key, value in job_values.items() if key not in ("config", "out")}
+    for key in ("overwrite", "progress"):
+        if key in options and not isinstance(options[key], bool):
+            raise MergeConfigError(f"{key} must be true or false, not {options[key]!r}")
+    merge_from_config(str(job_values["config"]), str(job_values["out"]), **options)
     return 0
 
 

@@ -11,6 +11,7 @@ import torch
 from mergelab.api.options import check_job_options
 from mergelab.api.output_options import base_sidecars, open_output
 from mergelab.api.suspicious import warn_suspicious_inputs
+from mergelab.api.tensor_hparams import TensorHparams, tensor_methods
 from mergelab.engine.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from mergelab.engine.device import resolve_device
 from mergelab.engine.lora import is_adapter, open_expert
@@ -50,6 +51,7 @@ def merge_with_report(
     chat_template: str | None = None,
     kernel: str = "fused",
     threads: int | None = None,
+    tensor_hparams: TensorHparams | None = None,
     **hparams: Any,
 ) -> tuple[dict[str, torch.Tensor] | Path, MergeReport]:
     """Like `merge`, also returning the `MergeReport` (tensors, bytes, seconds, peak memory).
@@ -81,6 +83,7 @@ def merge_with_report(
         base=base,
         experts=expert_refs,
         options=options,
+        tensor_hparams=tensor_hparams,
     )
     if getattr(merge_method, "whole_model", False):  # PLeaS: whole models, not tensor by tensor
         adapters = [str(ref) for ref in expert_refs if is_adapter(ref)]
@@ -93,6 +96,8 @@ def merge_with_report(
                 f"method '{merge_method.name}' merges whole models in float32 with the base's tokenizer; "
                 "dtype, out_dtype, tokenizer_source and chat_template keep their defaults"
             )
+        if tensor_hparams:
+            raise MergeConfigError(f"method '{merge_method.name}' takes no per-tensor hyperparameters")
         from mergelab.pleas.merge import merge_whole_model
 
         return merge_whole_model(
@@ -109,6 +114,11 @@ def merge_with_report(
         vocabulary = plan_vocabulary(tokens, base_checkpoint, opened[1:])
         base_checkpoint, expert_checkpoints = vocabulary.base, vocabulary.experts
         infos, _ = check_inputs(base_checkpoint, expert_checkpoints, merge_method, device)
+        per_tensor = (
+            tensor_methods(method, hparams, tensor_hparams, infos, len(expert_checkpoints))
+            if tensor_hparams
+            else None
+        )
         statistics = _expert_statistics(
             merge_method,
             base_checkpoint,
@@ -129,6 +139,7 @@ def merge_with_report(
                 precision=precision,
                 kernel=kernel,
                 threads=threads,
+                tensor_methods=per_tensor,
             )
         with output:
             output.start(sorted(infos), precision.output_infos(infos), sidecars)
@@ -146,6 +157,7 @@ def merge_with_report(
                 precision=precision,
                 kernel=kernel,
                 threads=threads,
+                tensor_methods=per_tensor,
             )
             return output.finish(), report
     finally:
@@ -226,6 +238,7 @@ def merge(
     chat_template: str | None = None,
     kernel: str = "fused",
     threads: int | None = None,
+    tensor_hparams: TensorHparams | None = None,
     **hparams: Any,
 ) -> dict[str, torch.Tensor] | Path:
     """Merge `experts` into `base` with `method` (a registered name or a `MergeMethod`).
@@ -248,6 +261,8 @@ def merge(
     the merged float tensors (float32, float16, bfloat16; default: the base's). `tokenizer_source` (`base`,
     `expert:<i>`, `union`) and `chat_template` (`base`, `expert:<i>`; default: the tokenizer source's) say
     whose tokenizer and chat template the output carries; see `mergelab.engine.vocabulary`.
+    `tensor_hparams` maps tensor names to hyperparameters of their own (`{name: {"density": 0.5}}`): those
+    tensors are merged with `hparams` updated by them (see `mergelab.api.tensor_hparams`).
 
     On the CPU, task arithmetic, average, TIES and DARE run as fused kernels on `threads` threads (default:
     torch's thread count, all cores unless OMP_NUM_THREADS says otherwise); `kernel="reference"` runs the
@@ -270,6 +285,7 @@ def merge(
         chat_template=chat_template,
         kernel=kernel,
         threads=threads,
+        tensor_hparams=tensor_hparams,
         **hparams,
     )
     if progress:

@@ -40,16 +40,20 @@ def open_output(
     base: object,
     experts: Sequence[object],
     options: Mapping[str, Any],
+    tensor_hparams: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> CheckpointOutput | None:
     """The checkpoint output for `out` carrying this merge's `mergelab.json` record, or None without `out`.
 
-    `options` are the merge options that exist for this call (device, max_shard_size, ...).
+    `options` are the merge options that exist for this call (device, max_shard_size, ...); per-tensor
+    hyperparameters are recorded with the method's, under `hparams.tensor_hparams`.
     """
     mode = check_overwrite(overwrite)
     path = requested_out(out)
     if path is None:
         return None
     hparams = {key: value for key, value in method.describe().items() if key != "method"}
+    if tensor_hparams:
+        hparams["tensor_hparams"] = tensor_hparams
     record = merge_record(method.name, hparams, base, experts, options)
     return CheckpointOutput(
         path,

@@ -90,8 +90,11 @@ def elected_sign_total(
 
 def _tensor_scope_rules(method: MergeMethod, blocks: TensorBlocks) -> list[tuple[TrimRule, ...]]:
     """Each slice's rules for trimming every expert to exactly `int(density * n)` entries of the tensor."""
-    keep = keep_count(blocks.base.numel(), method.density)
-    selectors = [MagnitudeSelector(keep) for _ in blocks.experts]
+    n_entries = blocks.base.numel()
+    selectors = [
+        MagnitudeSelector(keep_count(n_entries, density))
+        for density in method.expert_densities(len(blocks.experts))
+    ]
     for _ in range(2):
         for magnitudes in blocks.magnitudes():
             for selector, magnitude in zip(selectors, magnitudes):

@@ -73,8 +73,10 @@ class KernelPool:
 
 
 def supports(method: MergeMethod) -> bool:
-    """True when the fused kernels implement `method` (exact classes: a subclass may change the math)."""
-    return type(method) in (Ties, Dare, TaskArithmetic, Average)
+    """True when the fused kernels implement `method` (exact classes: a subclass may change the math) with
+    one density for every expert (a per-expert density list takes the reference path)."""
+    per_expert_density = isinstance(getattr(method.params, "density", None), (list, tuple))
+    return type(method) in (Ties, Dare, TaskArithmetic, Average) and not per_expert_density
 
 
 def stored_array(tensor: Tensor, writable: bool = False) -> np.ndarray | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +103,7 @@ def merge_checkpoints(
     precision: Precision = DEFAULT_PRECISION,
     kernel: str = "fused",
     threads: int | None = None,
+    tensor_methods: Mapping[str, MergeMethod] | None = None,
 ) -> tuple[dict[str, torch.Tensor] | None, MergeReport]:
     """Merge `experts` into `base` with `method`; write through `output`, or return a state dict.
 
@@ -112,12 +113,16 @@ def merge_checkpoints(
     `precision` gives the compute dtype and the dtype merged float tensors are returned or written in.
     `kernel` is `fused` (the CPU kernels where they cover the method and dtypes) or `reference`; `threads`
     (default: torch's thread count, which follows OMP_NUM_THREADS) is how many threads the fused kernels
-    and, meanwhile, torch's own CPU ops use.
+    and, meanwhile, torch's own CPU ops use. `tensor_methods` merges the tensors it names with their own
+    instance of the method (per-tensor hyperparameters, e.g. mergekit's layer gradients).
     """
     infos, compute_device = check_inputs(base, experts, method, device)
     if kernel not in KERNELS:
         raise CheckpointError(f"kernel={kernel!r} is not one of {list(KERNELS)}")
     threads = resolve_threads(threads)
+    tensor_methods = tensor_methods or {}
+    if tensor_methods and method.needs_global_trim:
+        raise CheckpointError(f"method '{method.name}' trims over the whole model: it takes no per-tensor options")
     if method.statistic is not None and (statistics is None or len(statistics) != len(experts)):
         given = "none" if statistics is None else len(statistics)
         raise CheckpointError(
@@ -141,7 +146,7 @@ def merge_checkpoints(
             contexts = model_wide or global_trim_contexts(stream, float_names, method, progress)
         merged = _merge_pass(
             stream, names, infos, method, contexts, output, progress, statistics, finite, precision,
-            pool if fused else None,
+            pool if fused else None, tensor_methods,
         )
     peak_device = torch.cuda.max_memory_allocated(compute_device) if compute_device.type == "cuda" else 0
     report = MergeReport(
@@ -224,6 +229,7 @@ def _merge_pass(
     finite: FiniteCheck | None = None,
     precision: Precision = DEFAULT_PRECISION,
     pool: KernelPool | None = None,
+    tensor_methods: Mapping[str, MergeMethod] | None = None,
 ) -> dict[str, torch.Tensor] | None:
     state_dict: dict[str, torch.Tensor] | None = None if output else {}
     # The bar is updated by hand: wrapping the stream in tqdm would keep each item alive one step longer.
@@ -236,7 +242,8 @@ def _merge_pass(
             bar.update()
             if name in contexts:
                 context = _with_statistics(contexts[name], statistics, stream.device, precision.compute)
-                result = merge_tensor(method, base, experts, context, stream.device, precision, pool)
+                tensor_method = tensor_methods.get(name, method) if tensor_methods else method
+                result = merge_tensor(tensor_method, base, experts, context, stream.device, precision, pool)
                 if finite is not None:
                     finite.merged(name, result, method.name)
                 del context

@@ -98,6 +98,11 @@ class MergeMethod(ABC):
         """Fraction of each task vector kept by trimming (used by the engine for global trim)."""
         return 1.0
 
+    def expert_densities(self, n_experts: int) -> list[float]:
+        """The fraction of each expert's task vector that trimming keeps (all `density` unless the method
+        takes one density per expert, as mergekit's per-model `density`)."""
+        return [self.density] * n_experts
+
     def elected_sign_total(self, base: Tensor, experts: Sequence[Tensor], context: TensorContext) -> float:
         """Sum of this tensor's elected signs before zero resolution (global majority-sign pass)."""
         raise NotImplementedError(f"method '{self.name}' has no sign election")

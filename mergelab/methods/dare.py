@@ -22,6 +22,7 @@ from mergelab.methods.ties import (
     check_disjoint_mean_weights,
     disjoint_merge,
     elect_sign,
+    per_expert_densities,
     sign_votes,
 )
 
@@ -42,7 +43,7 @@ def keep_mask(shape: torch.Size, density: float, seed: int) -> Tensor:
 
 @dataclass(frozen=True)
 class DareParams:
-    density: float = 0.1
+    density: float | tuple[float, ...] = 0.1  # a list: one density per expert
     scale: float = 1.0
     combine: str = "linear"
     seed: int = 0
@@ -61,16 +62,23 @@ class Dare(MergeMethod):
         if self.params.combine == "ties":
             check_disjoint_mean_weights(self.name, self.params.weights)
 
+    def expert_densities(self, n_experts: int) -> list[float]:
+        return per_expert_densities(self.name, self.params.density, n_experts)
+
+    def expert_weights(self, n_experts: int) -> list[float]:
+        self.expert_densities(n_experts)  # a per-expert density list is checked with the weights
+        return super().expert_weights(n_experts)
+
     def sparse_task_vectors(self, base: Tensor, experts: Sequence[Tensor], name: str) -> Tensor:
         """Stack of dropped and rescaled task vectors (experts x tensor)."""
         task_vectors = torch.stack(list(experts))
         task_vectors -= base
-        if self.params.density == 1.0:
-            return task_vectors
-        for index, task_vector in enumerate(task_vectors):
-            mask = keep_mask(task_vector.shape, self.params.density, mask_seed(self.params.seed, index, name))
-            task_vector.mul_(mask.to(task_vector.device))
-        return task_vectors.div_(self.params.density)
+        for index, (task_vector, density) in enumerate(zip(task_vectors, self.expert_densities(len(experts)))):
+            if density == 1.0:
+                continue
+            mask = keep_mask(task_vector.shape, density, mask_seed(self.params.seed, index, name))
+            task_vector.mul_(mask.to(task_vector.device)).div_(density)
+        return task_vectors
 
     def merge(self, base: Tensor, experts: Sequence[Tensor], context: TensorContext) -> Tensor:
         task_vectors = self.sparse_task_vectors(base, experts, context.name)

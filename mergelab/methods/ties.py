@@ -37,9 +37,10 @@ def check_choice(method: str, option: str, value: str, allowed: Sequence[str]) -
         raise MergeConfigError(f"method '{method}': {option}={value!r} is not one of {list(allowed)}")
 
 
-def check_density(method: str, density: float) -> None:
-    """Raise MergeConfigError when `density` is outside (0, 1]."""
-    if not 0.0 < density <= 1.0:
+def check_density(method: str, density: float | Sequence[float]) -> None:
+    """Raise MergeConfigError when `density` (or any of a per-expert list of them) is outside (0, 1]."""
+    values = density if isinstance(density, Sequence) and not isinstance(density, str) else [density]
+    if not values or not all(0.0 < value <= 1.0 for value in values):
         raise MergeConfigError(f"method '{method}': density={density} must be in (0, 1]")
 
 
@@ -64,6 +65,17 @@ def check_disjoint_mean_weights(method: str, weights: Sequence[float] | None) ->
                 f"method '{method}': weights={list(weights)}: the experts weighted {subset} sum to 0, and the "
                 "disjoint mean divides each entry by the weight of the experts agreeing on it"
             )
+
+
+def per_expert_densities(method: str, density: float | Sequence[float], n_experts: int) -> list[float]:
+    """`density` for each of `n_experts`: one value for all, or a list with one value per expert."""
+    if not isinstance(density, Sequence):
+        return [float(density)] * n_experts
+    if len(density) != n_experts:
+        raise MergeConfigError(
+            f"method '{method}': density has {len(density)} entries for {n_experts} experts"
+        )
+    return [float(value) for value in density]
 
 
 def sign_votes(task_vectors: Tensor, sign: str) -> Tensor:
@@ -114,7 +126,7 @@ def disjoint_merge(
 
 @dataclass(frozen=True)
 class TiesParams:
-    density: float = 0.2
+    density: float | tuple[float, ...] = 0.2  # a list: one density per expert (trim_scope tensor only)
     scale: float = 1.0
     trim_scope: str = "global"
     sign: str = "sum"
@@ -135,6 +147,11 @@ class Ties(MergeMethod):
     def validate(self) -> None:
         check_density(self.name, self.params.density)
         check_choice(self.name, "trim_scope", self.params.trim_scope, TRIM_SCOPES)
+        if isinstance(self.params.density, Sequence) and self.needs_global_trim:
+            raise MergeConfigError(
+                f"method '{self.name}': one density per expert needs trim_scope='tensor' (global trimming "
+                "keeps one fraction of the whole model)"
+            )
         check_choice(self.name, "sign", self.params.sign, SIGN_RULES)
         check_choice(self.name, "agg", self.params.agg, AGGREGATIONS)
         weights = self.params.weights
@@ -151,22 +168,30 @@ class Ties(MergeMethod):
     def density(self) -> float:
         return self.params.density
 
+    def expert_densities(self, n_experts: int) -> list[float]:
+        return per_expert_densities(self.name, self.params.density, n_experts)
+
+    def expert_weights(self, n_experts: int) -> list[float]:
+        self.expert_densities(n_experts)  # a per-expert density list is checked with the weights
+        return super().expert_weights(n_experts)
+
     def trimmed_task_vectors(self, base: Tensor, experts: Sequence[Tensor], context: TensorContext) -> Tensor:
         """Stack of task vectors (experts x tensor) with the trimmed entries set to zero."""
         task_vectors = torch.stack(list(experts))
         task_vectors -= base
+        densities = self.expert_densities(len(experts))
         for index, task_vector in enumerate(task_vectors):
             magnitude = task_vector.abs()
-            rule = self._trim_rule(magnitude, index, context)
+            rule = self._trim_rule(magnitude, index, densities[index], context)
             task_vector.mul_(keep_mask(magnitude, rule))
         return task_vectors
 
-    def _trim_rule(self, magnitude: Tensor, index: int, context: TensorContext) -> TrimRule:
+    def _trim_rule(self, magnitude: Tensor, index: int, density: float, context: TensorContext) -> TrimRule:
         if context.trim is not None:
             return context.trim[index]
         if self.needs_global_trim:
             raise ValueError(f"tensor '{context.name}': global trimming needs the engine's trim rules")
-        return tensor_trim_rule(magnitude, self.params.density)
+        return tensor_trim_rule(magnitude, density)
 
     def elected_sign_total(self, base: Tensor, experts: Sequence[Tensor], context: TensorContext) -> float:
         votes = sign_votes(self.trimmed_task_vectors(base, experts, context), self.params.sign)
