@@ -40,6 +40,7 @@ def test_model_presets_cover_the_zoo_and_the_hub():
         ("joblib", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
         ("basic", "hydra._internal.core_plugins.basic_launcher.BasicLauncher"),
         ("submitit_slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+        ("submitit_local", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"),
         ("ray", "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"),
     ],
 )

@@ -127,6 +127,17 @@ def test_linear_example_is_the_weighted_average(family, tmp_path):
         torch.testing.assert_close(merged[name], expected, rtol=1e-5, atol=1e-6)
 
 
+def test_linear_averages_an_unlisted_base_model_as_mergekit_does(family, tmp_path):
+    text = LINEAR + "base_model: {base}\nparameters:\n  weight: 0.2\n"
+    merged = mergelab.merge_from_yaml(write_config(tmp_path, text, family), progress=False)
+    base, a, b, c = state_dicts([family[n] for n in ("base", "a", "b", "c")])
+    for name in base:  # the base joins the average with the top-level weight
+        expected = (1.0 * a[name] + 0.3 * b[name] + 0.5 * c[name] + 0.2 * base[name]) / 2.0
+        torch.testing.assert_close(merged[name], expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(MergekitConfigError, match="base_model: missing required parameter 'weight'"):
+        read_mergekit_config(write_config(tmp_path, LINEAR + "base_model: {base}\n", family))
+
+
 # examples/ties.yml: a density gradient, a weight gradient and a filtered weight (dtype float16 there)
 TIES = """
 models:

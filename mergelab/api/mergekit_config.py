@@ -514,12 +514,15 @@ def _inputs(
     spec: MethodSpec, method_name: str, models: list[_Model], base_model: str | None
 ) -> tuple[str, list[_Model]]:
     """The mergelab base and experts: task-vector methods merge every model but the base into it; linear
-    averages every listed model; slerp interpolates from `base_model` (t = 0) to the other model."""
+    averages every listed model and, as mergekit, a `base_model` not listed (with the top-level weight);
+    slerp interpolates from `base_model` (t = 0) to the other model."""
     references = [model.reference for model in models]
     if len(set(references)) != len(references):
         raise MergekitConfigError("models: a model is listed twice")
     if spec.base == "ignored":
-        return (base_model or references[0]), models
+        if base_model is None or base_model in references:
+            return (base_model or references[0]), models
+        return base_model, [*models, _Model(base_model, {}, "base_model")]
     if base_model is None:
         raise MergekitConfigError(f"base_model: mergekit's '{method_name}' needs a base_model")
     others = [model for model in models if model.reference != base_model]
