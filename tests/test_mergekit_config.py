@@ -370,6 +370,123 @@ def test_gradient_slerp_example_interpolates_from_the_base_model(family, tmp_pat
         torch.testing.assert_close(merged[name], expected, rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_a_model_with_a_lora_adapter_is_the_adapter_as_an_expert(family, tmp_path):
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(3)
+    model = AutoModelForCausalLM.from_pretrained(family["base"])
+    config = peft.LoraConfig(init_lora_weights=False, r=2, lora_alpha=4, target_modules=["q_proj", "up_proj"])
+    adapter = tmp_path / "adapter"
+    peft.get_peft_model(model, config).save_pretrained(adapter)
+    text = BIO_MERGE.replace("model: {b}", "model: {base}+" + str(adapter))
+    merged = mergelab.merge_from_yaml(write_config(tmp_path, text, family), progress=False)
+    direct = mergelab.merge(
+        family["base"],
+        [family["a"], adapter],
+        "ties",
+        density=0.5,
+        trim_scope="tensor",
+        agg="sum",
+        weights=[0.5, 0.5],
+        progress=False,
+    )
+    assert_same_tensors(merged, direct)
+    alone = mergelab.merge(
+        family["base"],
+        [family["a"]],
+        "ties",
+        density=0.5,
+        trim_scope="tensor",
+        agg="sum",
+        weights=[0.5],
+        progress=False,
+    )
+    name = "model.layers.0.self_attn.q_proj.weight"  # the adapter's delta reaches the merge
+    assert not torch.equal(merged[name], alone[name])
+
+
+# the newer methods, with the key parameters of mergekit's docs/merge_methods.md
+NEWER = """
+models:
+  - model: {{a}}
+    parameters:
+      weight: 1.5
+      {per_model}
+  - model: {{b}}
+    parameters:
+      weight: 0.5
+      {per_model}
+merge_method: {method}
+base_model: {{base}}
+parameters:
+  {shared}
+"""
+
+
+@pytest.mark.parametrize(
+    ("method", "per_model", "shared", "mergelab_method", "hparams"),
+    [
+        (
+            "breadcrumbs",
+            "density: 0.4\n      gamma: 0.05",
+            "lambda: 0.9",
+            "breadcrumbs",
+            {"density": 0.4, "gamma": 0.05, "scale": 0.9, "combine": "linear"},
+        ),
+        (
+            "breadcrumbs_ties",
+            "density: 0.4",
+            "normalize: false",
+            "breadcrumbs",
+            {"density": 0.4, "gamma": 0.01, "combine": "ties"},
+        ),
+        (
+            "della",
+            "density: 0.5\n      epsilon: 0.1",
+            "lambda: 1.1",
+            "della",
+            {"density": 0.5, "epsilon": 0.1, "scale": 1.1, "combine": "ties"},
+        ),
+        (
+            "della_linear",
+            "density: 0.5",
+            "normalize: true",
+            "della",
+            {"density": 0.5, "epsilon": 0.15, "combine": "linear"},
+        ),
+    ],
+)
+def test_newer_task_vector_methods_are_mergelabs(
+    family, tmp_path, method, per_model, shared, mergelab_method, hparams
+):
+    if mergelab_method not in METHODS:
+        pytest.skip(f"mergelab's {mergelab_method} is not in this tree")
+    text = NEWER.format(method=method, per_model=per_model, shared=shared)
+    merged = mergelab.merge_from_yaml(write_config(tmp_path, text, family), progress=False)
+    # della_linear's normalize: true divides the weights by their sum, 2
+    weights = [0.75, 0.25] if method == "della_linear" else [1.5, 0.5]
+    direct = mergelab.merge(
+        family["base"],
+        [family["a"], family["b"]],
+        mergelab_method,
+        weights=weights,
+        progress=False,
+        **hparams,
+    )
+    assert_same_tensors(merged, direct)
+
+
+@pytest.mark.skipif("model_stock" not in METHODS, reason="mergelab's model_stock is not in this tree")
+def test_model_stock_merges_the_models_besides_the_base(family, tmp_path):
+    text = "models:\n  - model: {base}\n  - model: {a}\n  - model: {b}\n  - model: {c}\nmerge_method: model_stock\nbase_model: {base}\n"
+    merged = mergelab.merge_from_yaml(write_config(tmp_path, text, family), progress=False)
+    direct = mergelab.merge(family["base"], [family[n] for n in "abc"], "model_stock", progress=False)
+    assert_same_tensors(merged, direct)
+    with pytest.raises(MergekitConfigError, match="parameters.filter_wise"):
+        read_mergekit_config(write_config(tmp_path, text + "parameters: {{filter_wise: true}}\n", family))
+
+
 # --- the command line --------------------------------------------------------------------------------------
 
 
@@ -455,7 +572,11 @@ def test_cli_config_file_takes_only_run_options(family, tmp_path, capsys, argume
             LINEAR.replace("    parameters:\n      weight: 0.3\n", ""),
             "models[1]: missing required parameter 'weight'",
         ),
-        (LINEAR.replace("model: {b}", "model: {b}+some/lora"), "model+LoRA syntax is not supported"),
+        (LINEAR.replace("model: {b}", "model: {b}+some/lora"), "a LoRA adapter merges over the base model"),
+        (
+            "models: [{{model: {a}+{b}}}, {{model: {c}}}]\nmerge_method: ties\nbase_model: {a}+{b}\n",
+            "the base cannot",
+        ),
         (LINEAR.replace("merge_method: linear", "merge_method: nuslerp"), "'nuslerp' is not supported"),
         (BIO_MERGE.replace("base_model: {base}\n", ""), "base_model: mergekit's 'ties' needs a base_model"),
         (

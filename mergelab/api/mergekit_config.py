@@ -318,11 +318,21 @@ class _Model:
 def _model_reference(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value:
         raise MergekitConfigError(f"{where}: a model must be a path or hub id string, got {value!r}")
-    if "+" in value:
-        raise MergekitConfigError(
-            f"{where}: '{value}': mergekit's model+LoRA syntax is not supported; merge the adapter first"
-        )
     return value
+
+
+def _expert_reference(model: _Model, base: str) -> str:
+    """The expert mergelab merges for a model: mergekit's `MODEL+LORA` (the adapter applied to MODEL) is the
+    adapter directory as an expert over the base, which must be MODEL."""
+    if "+" not in model.reference:
+        return model.reference
+    target, adapter = model.reference.split("+", 1)
+    if target != base:
+        raise MergekitConfigError(
+            f"{model.where}.model: '{model.reference}': a LoRA adapter merges over the base model ({base}), "
+            f"not over {target}"
+        )
+    return adapter
 
 
 def _parameters(value: Any, where: str) -> Mapping[str, Any]:
@@ -387,9 +397,9 @@ def load_config(path: str | Path) -> dict[str, Any]:
     try:
         config = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise MergekitConfigError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
+        raise MergekitConfigError(f"not valid YAML: {' '.join(str(error).split())}") from None
     if not isinstance(config, Mapping):
-        raise MergekitConfigError(f"{path}: a mergekit configuration is a YAML mapping")
+        raise MergekitConfigError("a mergekit configuration is a YAML mapping")
     unknown = sorted(set(config) - set(TOP_LEVEL_KEYS))
     if unknown:
         raise MergekitConfigError(
@@ -437,6 +447,8 @@ def plan(config: Mapping[str, Any]) -> MergekitPlan:
     notes: list[str] = []
     _check_parameter_names(spec, method_name, models, slice_parameters, global_parameters)
     base, experts = _inputs(spec, method_name, models, base_model)
+    if "+" in base:
+        raise MergekitConfigError(f"base_model: '{base}': the base cannot be a model with a LoRA adapter")
     checkpoint = open_checkpoint(base, "base")
     try:
         infos = checkpoint.infos()
@@ -485,7 +497,7 @@ def plan(config: Mapping[str, Any]) -> MergekitPlan:
     hparams, tensor_hparams = _split_shared(per_tensor)
     return MergekitPlan(
         base=base,
-        experts=tuple(model.reference for model in experts),
+        experts=tuple(_expert_reference(model, base) for model in experts),
         method=spec.mergelab,
         hparams=hparams,
         tensor_hparams=tensor_hparams,
