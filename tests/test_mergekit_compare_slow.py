@@ -16,7 +16,12 @@ import torch
 
 import mergelab
 from tests.conftest import state_dicts
-from tests.test_mergekit_config import LINEAR, family, write_config  # noqa: F401  (the module fixture)
+from tests.test_mergekit_config import (  # noqa: F401  (family: the module fixture)
+    GRADIENT_SLERP,
+    LINEAR,
+    family,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -61,6 +66,25 @@ dtype: float32
 """
 
 
+BREADCRUMBS = """
+models:
+  - model: {a}
+    parameters:
+      weight: 0.8
+      density: [0.5, 0.3]
+      gamma: 0.02
+  - model: {b}
+    parameters:
+      weight: 0.4
+      density: [0.5, 0.3]
+      gamma: 0.02
+merge_method: breadcrumbs
+base_model: {base}
+parameters:
+  lambda: 1.2
+"""
+
+
 def mergekit_yaml() -> str:
     found = shutil.which("mergekit-yaml") or REPO / ".venv-bench" / "bin" / "mergekit-yaml"
     if not Path(found).exists():
@@ -76,7 +100,9 @@ def merged_by_mergekit(config: Path, out: Path) -> dict[str, torch.Tensor]:
     return state_dicts([out])[0]
 
 
-@pytest.mark.parametrize("text", [LINEAR, TIES_GRADIENTS, TASK_ARITHMETIC_GRADIENTS])
+@pytest.mark.parametrize(
+    "text", [LINEAR, TIES_GRADIENTS, TASK_ARITHMETIC_GRADIENTS, BREADCRUMBS, GRADIENT_SLERP]
+)
 def test_mergelab_merges_a_mergekit_config_as_mergekit_does(family, tmp_path, text):  # noqa: F811
     config = write_config(tmp_path, text, family)
     expected = merged_by_mergekit(config, tmp_path / "mergekit")
