@@ -92,7 +92,7 @@ def test_named_tensors_merge_with_their_own_hyperparameters():
             "tensor 'v': method 'ties'",
         ),
         ("task_arithmetic", {}, {"v": {"weights": [1.0]}}, MergeConfigError, "weights has 1 entries for 2"),
-        ("ties", {}, {"v": {"scale": 2.0}}, CheckpointError, "trims over the whole model"),
+        ("ties", {}, {"v": {"scale": 2.0}}, MergeConfigError, "trims over the whole model"),
     ],
 )
 def test_bad_tensor_hparams_are_named(method, hparams, tensor_hparams, error, message):

@@ -34,7 +34,7 @@ from mergelab.engine.output import CheckpointOutput
 from mergelab.engine.pipeline import SliceStager, merge_pipelined
 from mergelab.engine.precision import DEFAULT_PRECISION, Precision
 from mergelab.engine.stream import TensorStream
-from mergelab.methods import MergeMethod, TensorContext
+from mergelab.methods import MergeConfigError, MergeMethod, TensorContext
 
 
 class ExpertStatistic(Protocol):
@@ -122,7 +122,9 @@ def merge_checkpoints(
     threads = resolve_threads(threads)
     tensor_methods = tensor_methods or {}
     if tensor_methods and method.needs_global_trim:
-        raise CheckpointError(f"method '{method.name}' trims over the whole model: it takes no per-tensor options")
+        raise MergeConfigError(
+            f"method '{method.name}' trims over the whole model: it takes no per-tensor options"
+        )
     if method.statistic is not None and (statistics is None or len(statistics) != len(experts)):
         given = "none" if statistics is None else len(statistics)
         raise CheckpointError(
