@@ -638,3 +638,10 @@ def test_plan_records_only_the_tensors_that_differ(family, tmp_path):
         0.5,
         0.33,
     ]
+
+
+def test_cli_names_a_missing_config_file(tmp_path, capsys):
+    assert cli(["merge", f"config={tmp_path / 'absent.yml'}", f"out={tmp_path / 'o'}"]) == 2
+    assert f"config={tmp_path / 'absent.yml'}: no such file" in capsys.readouterr().err
+    assert cli(["merge", f"config={tmp_path}", f"out={tmp_path / 'o'}"]) == 2  # a directory: its mergelab.json
+    assert f"config={tmp_path / 'mergelab.json'}: no such file" in capsys.readouterr().err
