@@ -5,6 +5,7 @@ merge the same way is refused naming the key."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -510,6 +511,17 @@ def test_cli_merges_a_mergekit_config_like_the_direct_call(family, tmp_path, cap
     )
     assert weight_files(tmp_path / "from_yaml") == weight_files(tmp_path / "direct")
     assert weight_files(tmp_path / "direct")
+
+
+def test_a_mergekit_merge_is_recorded_and_merges_again_from_its_mergelab_json(family, tmp_path):
+    first = mergelab.merge_from_yaml(write_config(tmp_path, TIES, family), tmp_path / "first", progress=False)
+    record = json.loads((first / "mergelab.json").read_text())
+    assert "model.layers.3.mlp.up_proj.weight" in record["merge"]["hparams"]["tensor_hparams"]
+    again = tmp_path / "again"
+    assert cli(["merge", f"config={first / 'mergelab.json'}", f"out={again}", "progress=false"]) == 0
+    assert weight_files(again) == weight_files(first) and weight_files(first)
+    assert (again / "mergelab.json").read_bytes() == (first / "mergelab.json").read_bytes()
+    assert cli(["merge", f"config={first}", f"out={again}", "overwrite=true", "progress=false"]) == 0
 
 
 @pytest.mark.parametrize(

@@ -199,9 +199,8 @@ def run_config_file(method_overrides: list[str], job_values: dict[str, Any]) -> 
     if "out" not in job_values:
         raise MergeConfigError("missing required option(s): out (see `mergelab merge --help`)")
     options = {key: value for key, value in job_values.items() if key not in ("config", "out")}
-    for key in ("overwrite", "progress"):
-        if key in options and not isinstance(options[key], bool):
-            raise MergeConfigError(f"{key} must be true or false, not {options[key]!r}")
+    if "progress" in options and not isinstance(options["progress"], bool):
+        raise MergeConfigError(f"progress must be true or false, not {options['progress']!r}")
     merge_from_config(str(job_values["config"]), str(job_values["out"]), **options)
     return 0
 
