@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from mergelab.api.mergekit_config import (
     read_mergekit_config,
 )
 from mergelab.cli import main as cli
-from mergelab.methods import METHODS, TensorContext, get_method
+from mergelab.methods import METHODS, MergeWarning, TensorContext, get_method
 from tests.conftest import fine_tune_like, state_dicts
 
 N_LAYERS = 4
@@ -117,7 +118,9 @@ dtype: float32
 
 
 def test_linear_example_is_the_weighted_average(family, tmp_path):
-    merged = mergelab.merge_from_yaml(write_config(tmp_path, LINEAR, family), progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MergeWarning)  # the first model is the base only for its layout
+        merged = mergelab.merge_from_yaml(write_config(tmp_path, LINEAR, family), progress=False)
     direct = mergelab.merge(
         family["a"], [family[n] for n in "abc"], "average", weights=[1.0, 0.3, 0.5], progress=False
     )

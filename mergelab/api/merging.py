@@ -61,7 +61,7 @@ def merge_with_report(
     merge_method = build_method(method, hparams)
     check_job_options(device=device, max_shard_size=max_shard_size, allow_nonfinite=allow_nonfinite)
     expert_refs = _expert_list(experts)
-    warn_suspicious_inputs(base, expert_refs)
+    warn_suspicious_inputs(base, expert_refs, uses_base=merge_method.uses_base)
     precision = parse_precision(dtype, out_dtype)
     precision.check_method(merge_method)
     tokens = parse_tokenizer_choice(tokenizer_source, chat_template, len(expert_refs))

@@ -22,14 +22,16 @@ def _identity(reference: Any) -> tuple[str, object]:
     return str(reference), (path.resolve() if path.exists() else str(reference))
 
 
-def warn_suspicious_inputs(base: Any, experts: Sequence[Any]) -> list[str]:
-    """Warn (MergeWarning) for each expert equal to an earlier one or to the base; returns the messages."""
+def warn_suspicious_inputs(base: Any, experts: Sequence[Any], uses_base: bool = True) -> list[str]:
+    """Warn (MergeWarning) for each expert equal to an earlier one or, for a method that uses the base's
+    values (`uses_base`), to the base; returns the messages. (A method that ignores the base, such as
+    `average` or `slerp`, may well merge the model that also supplies the layout.)"""
     base_name, base_key = _identity(base)
     seen: dict[object, int] = {}
     messages = []
     for index, expert in enumerate(experts):
         name, key = _identity(expert)
-        if key == base_key:
+        if uses_base and key == base_key:
             messages.append(f"expert {index} ({name}) is the base itself: its task vector is zero")
         if key in seen:
             messages.append(
