@@ -26,7 +26,7 @@ def checkpoints(tmp_path):
 @pytest.mark.parametrize(
     ("method", "hparams", "message"),
     [
-        ("ties", {"density": "0.5"}, "method 'ties': density='0.5' must be a finite number"),
+        ("ties", {"density": "0.5"}, "method 'ties': density='0.5' must be a finite number or a list of numbers"),
         (
             "task_arithmetic",
             {"scale": None},
@@ -38,7 +38,7 @@ def checkpoints(tmp_path):
             "method 'ties': weights=1.0 must be a list of numbers or null",
         ),
         ("regmean", {"alpha": "x"}, "method 'regmean': alpha='x' must be a finite number"),
-        ("ties", {"density": True}, "method 'ties': density=True must be a finite number"),
+        ("ties", {"density": True}, "method 'ties': density=True must be a finite number or a list of numbers"),
         ("dare", {"seed": "abc"}, "method 'dare': seed='abc' must be an integer"),
         (
             "fisher",
@@ -64,10 +64,10 @@ def test_wrongly_typed_hyperparameters_in_python(checkpoints, method, hparams, m
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("merge.density=abc", "method 'ties': density='abc' must be a finite number"),
+        ("merge.density=abc", "method 'ties': density='abc' must be a finite number or a list of numbers"),
         ("merge.scale=abc", "method 'ties': scale='abc' must be a finite number"),
         ("merge.weights=[1,x]", "method 'ties': weights=[1, 'x'] must be a list of numbers"),
-        ("merge.density=true", "method 'ties': density=True must be a finite number"),
+        ("merge.density=true", "method 'ties': density=True must be a finite number or a list of numbers"),
         ("max_shard_size=-5", "max_shard_size=-5 must be at least 1 byte"),
         ("max_shard_size=true", "max_shard_size=True must be a byte count or a size like 5GB"),
     ],
