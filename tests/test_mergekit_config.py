@@ -565,13 +565,9 @@ def test_cli_config_file_takes_only_run_options(family, tmp_path, capsys, argume
             "    - model: {b}\n      layer_range: [0, 2]\n      parameters: {{weight: 1}}\nmerge_method: linear\n",
             "layer_range [0, 2] is not the whole model [0, 4]",
         ),
-        (LINEAR + "tokenizer_source: union\n", "tokenizer_source: 'union' is not supported"),
+        (LINEAR + "tokenizer_source: some/model\n", "tokenizer_source: 'some/model' is neither base_model"),
         (LINEAR + "chat_template: chatml\n", "chat_template: not supported"),
         (LINEAR + "tokenizer:\n  source: union\n", "tokenizer: building a tokenizer is not supported"),
-        (
-            LINEAR.replace("dtype: float32", "dtype: float16"),
-            "dtype: 'float16': mergelab writes the base's dtype",
-        ),
         (LINEAR.replace("dtype: float32", "dtype: int4"), "dtype: 'int4' is not one of"),
         (LINEAR + "extra_key: 1\n", "extra_key: not a mergekit configuration key"),
         (
@@ -629,12 +625,35 @@ def test_a_method_mergelab_lacks_in_this_version_is_refused(family, tmp_path, mo
 
 
 def test_cli_reports_a_refused_config_in_one_line(family, tmp_path, capsys):
-    path = write_config(tmp_path, LINEAR + "tokenizer_source: union\n", family)
+    path = write_config(tmp_path, LINEAR + "tokenizer_source: some/model\n", family)
     assert cli(["merge", f"config={path}", f"out={tmp_path / 'o'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert (
         err.startswith("mergelab merge: error:") and "tokenizer_source" in err and len(err.splitlines()) == 1
     )
+
+
+def test_dtype_and_tokenizer_source_become_mergelab_options(family, tmp_path):
+    text = LINEAR.replace("dtype: float32", "dtype: bfloat16")
+    merged = mergelab.merge_from_yaml(write_config(tmp_path, text, family), progress=False)
+    direct = mergelab.merge(
+        family["a"],
+        [family[n] for n in "abc"],
+        "average",
+        weights=[1.0, 0.3, 0.5],
+        out_dtype="bfloat16",
+        progress=False,
+    )
+    assert_same_tensors(merged, direct)
+    assert {tensor.dtype for tensor in merged.values()} == {torch.bfloat16}
+    same = read_mergekit_config(write_config(tmp_path, LINEAR + "out_dtype: float32\n", family))
+    assert same.options == {}  # the base's dtype: nothing to ask for
+    union = read_mergekit_config(write_config(tmp_path, BIO_MERGE + "tokenizer_source: union\n", family))
+    assert union.options == {"tokenizer_source": "union"}
+    expert = read_mergekit_config(write_config(tmp_path, BIO_MERGE + "tokenizer_source: {b}\n", family))
+    assert expert.options == {"tokenizer_source": "expert:1"}
+    base = read_mergekit_config(write_config(tmp_path, BIO_MERGE + "tokenizer_source: {base}\n", family))
+    assert base.options == {}
 
 
 def test_plan_records_only_the_tensors_that_differ(family, tmp_path):
@@ -658,5 +677,7 @@ def test_plan_records_only_the_tensors_that_differ(family, tmp_path):
 def test_cli_names_a_missing_config_file(tmp_path, capsys):
     assert cli(["merge", f"config={tmp_path / 'absent.yml'}", f"out={tmp_path / 'o'}"]) == 2
     assert f"config={tmp_path / 'absent.yml'}: no such file" in capsys.readouterr().err
-    assert cli(["merge", f"config={tmp_path}", f"out={tmp_path / 'o'}"]) == 2  # a directory: its mergelab.json
+    assert (
+        cli(["merge", f"config={tmp_path}", f"out={tmp_path / 'o'}"]) == 2
+    )  # a directory: its mergelab.json
     assert f"config={tmp_path / 'mergelab.json'}: no such file" in capsys.readouterr().err

@@ -81,6 +81,7 @@ class MergekitPlan:
     method: str
     hparams: dict[str, Any]
     tensor_hparams: dict[str, dict[str, Any]]
+    options: dict[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = field(default=())
 
     def merge_arguments(self) -> dict[str, Any]:
@@ -88,7 +89,7 @@ class MergekitPlan:
         arguments: dict[str, Any] = {"base": self.base, "experts": list(self.experts), "method": self.method}
         if self.tensor_hparams:
             arguments["tensor_hparams"] = self.tensor_hparams
-        return {**arguments, **self.hparams}
+        return {**arguments, **self.options, **self.hparams}
 
 
 def _weights(models: Sequence[Mapping[str, Any]], normalize: bool) -> tuple[float, ...]:
@@ -413,12 +414,6 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise MergekitConfigError(
             "tokenizer: building a tokenizer is not supported; mergelab copies the base's"
         )
-    source = config.get("tokenizer_source")
-    if source is not None and source != "base":
-        raise MergekitConfigError(
-            f"tokenizer_source: {source!r} is not supported; mergelab copies the base model's tokenizer "
-            "(tokenizer_source: base)"
-        )
     if config.get("chat_template") is not None:
         raise MergekitConfigError("chat_template: not supported; mergelab copies the base's tokenizer files")
     method = config.get("merge_method")
@@ -464,7 +459,6 @@ def plan(config: Mapping[str, Any]) -> MergekitPlan:
                 f"slices[0].sources: layer_range [{start}, {end}] is not the whole model [0, {n_layers}]; "
                 "mergelab merges whole models (no frankenmerges)"
             )
-    notes += _dtype_notes(config, infos)
     per_tensor: dict[str, dict[str, Any]] = {}
     for name in float_names:
         match = LAYER_INDEX.search(name)
@@ -495,13 +489,16 @@ def plan(config: Mapping[str, Any]) -> MergekitPlan:
             notes.append("density: unused by task_arithmetic (as in mergekit), which does not sparsify")
         per_tensor[name] = spec.hparams(shared, per_model)
     hparams, tensor_hparams = _split_shared(per_tensor)
+    expert_references = tuple(_expert_reference(model, base) for model in experts)
+    options, output_notes = _output_options(config, infos, base, [model.reference for model in experts])
     return MergekitPlan(
         base=base,
-        experts=tuple(_expert_reference(model, base) for model in experts),
+        experts=expert_references,
         method=spec.mergelab,
         hparams=hparams,
         tensor_hparams=tensor_hparams,
-        notes=tuple(dict.fromkeys(notes)),
+        options=options,
+        notes=tuple(dict.fromkeys(output_notes + notes)),
     )
 
 
@@ -564,26 +561,35 @@ def _resolve(
     return default
 
 
-def _dtype_notes(config: Mapping[str, Any], infos) -> list[str]:
-    """mergelab computes in float32 and writes the base's dtype: `out_dtype` (or `dtype`) must be that."""
-    base_dtype = next((info.dtype for info in infos.values() if info.dtype.is_floating_point), torch.float32)
-    notes = []
+def _output_options(
+    config: Mapping[str, Any], infos, base: str, models: Sequence[str]
+) -> tuple[dict[str, Any], list[str]]:
+    """`mergelab.merge` options for mergekit's `out_dtype` (else `dtype`: mergekit writes what it computed
+    in) and `tokenizer_source`, and the notes to print."""
     for key in ("dtype", "out_dtype"):
         value = config.get(key)
-        if value is None:
-            continue
-        if value not in DTYPES:
+        if value is not None and value not in DTYPES:
             raise MergekitConfigError(f"{key}: {value!r} is not one of {', '.join(DTYPES)}")
+    options: dict[str, Any] = {}
+    notes = []
+    base_dtype = next((info.dtype for info in infos.values() if info.dtype.is_floating_point), torch.float32)
     requested = config.get("out_dtype") or config.get("dtype")
     if requested is not None and DTYPES[requested] != base_dtype:
-        key = "out_dtype" if config.get("out_dtype") else "dtype"
-        raise MergekitConfigError(
-            f"{key}: {requested!r}: mergelab writes the base's dtype ({str(base_dtype).removeprefix('torch.')}) "
-            "in this version"
-        )
+        options["out_dtype"] = str(DTYPES[requested]).removeprefix("torch.")
     if config.get("dtype") is not None:
-        notes.append("dtype: mergelab computes in float32 and writes the base's dtype")
-    return notes
+        notes.append(
+            "dtype: mergelab computes in float32 (mergekit in dtype) and writes out_dtype, else dtype"
+        )
+    source = config.get("tokenizer_source")
+    if source == "union":
+        options["tokenizer_source"] = "union"
+    elif source not in (None, "base", base):
+        if source not in models:
+            raise MergekitConfigError(
+                f"tokenizer_source: {source!r} is neither base_model nor one of the models"
+            )
+        options["tokenizer_source"] = f"expert:{list(models).index(source)}"
+    return options, notes
 
 
 def _split_shared(
