@@ -193,3 +193,19 @@ def test_a_mergelab_json_fixes_the_recorded_options(tmp_path, capsys):
     )
     assert cli(["merge", f"config={path}", f"out={tmp_path / 'o'}", "device=cuda"]) == 2
     assert "the file fixes device (as recorded)" in capsys.readouterr().err
+
+
+def test_per_expert_densities_take_the_reference_path_under_the_fused_kernels():
+    generator = torch.Generator().manual_seed(1)
+    base = {"w": torch.randn(64, 32, generator=generator)}
+    experts = [{"w": base["w"] + torch.randn(64, 32, generator=generator)} for _ in range(2)]
+    merges = {
+        kernel: mergelab.merge(
+            base, experts, "ties", kernel=kernel, density=[0.3, 0.6], trim_scope="tensor", progress=False
+        )["w"]
+        for kernel in ("fused", "reference")
+    }
+    expected = get_method("ties", density=[0.3, 0.6], trim_scope="tensor").merge(
+        base["w"], [expert["w"] for expert in experts], TensorContext(name="w")
+    )
+    assert torch.equal(merges["fused"], expected) and torch.equal(merges["reference"], expected)
