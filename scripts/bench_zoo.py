@@ -36,26 +36,16 @@ def time_step(size: str, fast: bool, repeats: int) -> dict[str, float]:
     """Mean milliseconds of forward, backward and optimizer of one pretraining step of `size` (after 3 warm-up
     steps), and tokens per second, for the old (`fast=False`) or the current training step."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    from mergelab.zoo.ladder import SIZES
+    from mergelab.zoo.ladder import SIZES, size_config
     from mergelab.zoo.train import labelled_loss
 
     spec = SIZES[size]
     torch.set_num_threads(spec.cpu_threads)
     torch.manual_seed(0)
     vocab = 280
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=spec.hidden,
-        intermediate_size=spec.intermediate,
-        num_hidden_layers=spec.layers,
-        num_attention_heads=spec.heads,
-        num_key_value_heads=spec.heads,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(config).train()
+    model = LlamaForCausalLM(size_config(spec, vocab)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=fast)
     tokens = torch.randint(
         0, vocab, (spec.batch_size, spec.seq_len), generator=torch.Generator().manual_seed(0)

@@ -133,6 +133,21 @@ def resolve_device(device: str) -> torch.device:
     )
 
 
+def size_config(spec: SizeSpec, vocab_size: int, **token_ids: int | None) -> LlamaConfig:
+    """The Llama architecture of one zoo size (tied embeddings, no grouped-query attention)."""
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=spec.hidden,
+        intermediate_size=spec.intermediate,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.heads,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        **token_ids,
+    )
+
+
 def model_path(size: str, base_kind: str, role: str, category: str | None = None, init: int = 0) -> Path:
     """Directory of one zoo component (see the module docstring for the roles and inits)."""
     if size not in SIZES:
@@ -275,15 +290,9 @@ def _build_components(
         return streams[split]
 
     def pretrain():
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=spec.hidden,
-            intermediate_size=spec.intermediate,
-            num_hidden_layers=spec.layers,
-            num_attention_heads=spec.heads,
-            num_key_value_heads=spec.heads,
-            max_position_embeddings=256,
-            tie_word_embeddings=True,
+        config = size_config(
+            spec,
+            len(tokenizer),
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
