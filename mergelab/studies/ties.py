@@ -7,6 +7,8 @@ Each study module (`ties_methods`, `ties_ablation`, `ties_sensitivity`, `ties_mi
 - `methods.png`: the methods side by side (when the study compares several, one run each);
 - `ablation.md`: the paper's Table 6 on the zoo: full TIES and TIES without one step, in points of
   normalized score against full TIES, per condition and as mean [min, max] over conditions;
+- `methods.md` (when the rows carry per-example outcomes): each other method at its paper defaults against
+  TIES at its own, in points, with 95% intervals and the verdict against the paper (TIES ahead);
 - `options.md`: `trim_scope` x `sign` at the paper's density and scale;
 - `sensitivity.png` / `sensitivity.md`: scores against TIES density (scale 1), TIES scale (density 0.2) and
   task-arithmetic scale;
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +55,12 @@ FIXED_SCALE_ABLATION = {
     "w/o elect": ({"elect": False}, "none"),
     "w/o disjoint mean (agg mean_all)": ({"agg": "mean_all"}, "none"),
 }
+METHODS = {  # method at its paper defaults, no search (TIES first: the reference) -> (method, selection)
+    "TIES (scale 1)": ("ties", "none"),
+    "average": ("average", "none"),
+    "task_arithmetic": ("task_arithmetic", "none"),
+    "dare": ("dare", "none"),
+}
 
 
 def decode_runs(summary: pd.DataFrame) -> pd.DataFrame:
@@ -82,6 +91,13 @@ def _matches(runs: pd.DataFrame, changes: dict, selection: str) -> pd.Series:
     return _ties_with(runs, wanted) & (runs["selection"] == selection)
 
 
+def _method_at_defaults(runs: pd.DataFrame, method: str, selection: str) -> pd.Series:
+    """Runs of `method` with `selection`; for TIES only those at the paper's defaults (not the ablation)."""
+    if method == "ties":
+        return _matches(runs, {}, selection)
+    return (runs["method"] == method) & (runs["selection"] == selection)
+
+
 def _with_default_steps(runs: pd.DataFrame) -> pd.Series:
     """TIES runs with the paper's trim scope, sign rule, election and disjoint mean (any density, scale)."""
     steps = ("trim_scope", "sign", "elect", "agg")
@@ -101,18 +117,22 @@ def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def ablation_tables(
-    runs: pd.DataFrame, variants: dict, draws: RunDraws | None = None
+    runs: pd.DataFrame,
+    variants: dict,
+    draws: RunDraws | None = None,
+    match: Callable[..., pd.Series] = _matches,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per condition (model, base kind) each variant's scores and their change in points (x100) against
-    the first variant; and per variant the mean [min, max] change over conditions. With the runs'
-    bootstrap `draws` (paired: the same resampled examples for every run), each change also gets its 95%
-    interval (`_95ci`), and each variant's mean change its interval and the verdict against the paper,
-    which finds that leaving out any step (or the scale search) lowers the score."""
+    the first variant; and per variant the mean [min, max] change over conditions. `match(runs, *value)`
+    finds a variant's runs from its entry in `variants`. With the runs' bootstrap `draws` (paired: the
+    same resampled examples for every run), each change also gets its 95% interval (`_95ci`), and each
+    variant's mean change its interval and the verdict against the paper, which finds every other variant
+    below the first (leaving out any step or the scale search, or another method than TIES)."""
     records, changes = [], []
     for (model, kind), condition in runs.groupby(["model", "base_kind"], sort=True):
         reference = None
         for variant, (options, selection) in variants.items():
-            found = condition[_matches(condition, options, selection)]
+            found = condition[match(condition, options, selection)]
             if found.empty:
                 continue
             run = found.iloc[0]
@@ -266,6 +286,29 @@ def write_conflicts(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
     return [table_path, markdown, draw_sign_conflicts(table, out_dir / "sign_conflicts.png")]
 
 
+def write_method_comparison(runs: pd.DataFrame, draws: RunDraws, out_dir: Path) -> list[Path]:
+    """`methods.md`: each other method at its paper defaults minus TIES at its own, in points, per condition
+    and as the mean over conditions with its paired 95% interval and verdict; nothing when TIES or every
+    other method is missing. Needs the bootstrap `draws`: without intervals a comparison has no verdict."""
+    per_condition, overall = ablation_tables(runs, METHODS, draws, match=_method_at_defaults)
+    if len(overall) < 2 or overall["variant"].iloc[0] != next(iter(METHODS)):
+        return []
+    text = (
+        "Change in points (x100 normalized score) of each method at its paper defaults (no search) against "
+        "TIES at its defaults (density 0.2, scale 1) in the same condition; overall: mean [min, max] over "
+        "conditions (model x base kind). `_95ci`: 95% interval of the change (of the mean change, overall) "
+        "from a paired bootstrap over the test examples of each task (whole entities where they share one), "
+        "the same resamples for every run; `verdict`: the paper finds TIES ahead of the other methods, so "
+        "reproduced when the interval lies below zero, contradicted when above, else not resolved."
+    )
+    path = out_dir / "methods.md"
+    path.write_text(
+        f"# TIES vs the other methods\n\n{text}\n\n{to_markdown(overall, 2)}\n\n"
+        f"## Per condition\n\n{to_markdown(per_condition)}\n"
+    )
+    return [path]
+
+
 def write_ties_report(
     rows: pd.DataFrame, summary: pd.DataFrame, out_dir: Path, sign_conflicts: bool = False
 ) -> list[Path]:
@@ -302,8 +345,15 @@ def write_ties_report(
         bootstrap = PairedBootstrap()
         draws = score_intervals.study_run_draws(rows, bootstrap)
     per_condition, overall = ablation_tables(runs, ABLATION, draws)
+    fixed, fixed_overall = ablation_tables(runs, FIXED_SCALE_ABLATION, draws)
+    sections = []
     if len(overall) > 1:
-        fixed, fixed_overall = ablation_tables(runs, FIXED_SCALE_ABLATION, draws)
+        sections.append(f"{to_markdown(overall, 2)}\n\n## Per condition\n\n{to_markdown(per_condition)}")
+    if len(fixed_overall) > 1:
+        sections.append(
+            f"## Every variant at scale 1 (no search)\n\n{to_markdown(fixed_overall, 2)}\n\n{to_markdown(fixed)}"
+        )
+    if sections:
         text = (
             "Change in points (x100 normalized score) against full TIES in the same condition; overall: mean "
             "[min, max] over conditions (model x base kind). Searched variants pick the scale on the validation "
@@ -316,14 +366,10 @@ def write_ties_report(
                 "one), the same resamples for every run; `verdict`: the paper finds every step helps, so "
                 "reproduced when the interval lies below zero, contradicted when above, else not resolved."
             )
-        body = f"{to_markdown(overall, 2)}\n\n## Per condition\n\n{to_markdown(per_condition)}"
-        if len(fixed_overall) > 1:
-            body += (
-                f"\n\n## Every variant at scale 1 (no search)\n\n{to_markdown(fixed_overall, 2)}\n\n"
-                f"{to_markdown(fixed)}"
-            )
         paths.append(out_dir / "ablation.md")
-        paths[-1].write_text(f"# TIES ablation\n\n{text}\n\n{body}\n")
+        paths[-1].write_text(f"# TIES ablation\n\n{text}\n\n" + "\n\n".join(sections) + "\n")
+    if draws is not None:
+        paths += write_method_comparison(runs, draws, out_dir)
     fixed_steps = {option: TIES_DEFAULTS[option] for option in ("density", "scale", "elect", "agg")}
     options = runs[_ties_with(runs, fixed_steps) & (runs["selection"] == "none")]
     combinations = options.groupby(["model", "base_kind"])["trim_scope"].transform("size")
