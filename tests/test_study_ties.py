@@ -23,6 +23,7 @@ STUDY_OVERLAYS = {  # committed study -> the experiment overlay whose report reg
     "ties_ablation": "ties_ablation",
     "ties_sensitivity": "ties_density",
     "ties_micro": "ties_micro",
+    "ties_v2": "ties_v2",
 }
 
 
@@ -115,3 +116,46 @@ def test_ablation_changes_get_paired_intervals_and_verdicts():
     assert at.loc["w/o elect", "verdict_held_out"] == "not resolved"  # no change at all
     row = per_condition.set_index(["model", "variant"]).loc[("s", "w/o elect")]
     assert row["d_held_in_95ci"] == "-15.00 [-19.75, -10.25]"
+
+
+def test_method_comparison_is_against_ties_at_its_defaults(tmp_path):
+    """Each method minus TIES at the paper's defaults, never an ablation variant of TIES: average is 10
+    points below TIES in every draw (reproduced), task arithmetic 5-15 above (contradicted)."""
+    from mergelab.studies.ties import write_method_comparison
+
+    spread = np.linspace(0.0, 1.0, 100)
+    runs = [
+        ablation_run(
+            "no_elect", "xs", {"elect": False}, "none", 0.9
+        ),  # listed first: must not be the reference
+        ablation_run("ties", "xs", {}, "none", 0.5),
+        {
+            "config_hash": "average",
+            "model": "xs",
+            "base_kind": "base",
+            "method": "average",
+            "selection": "none",
+        },
+        {
+            "config_hash": "ta",
+            "model": "xs",
+            "base_kind": "base",
+            "method": "task_arithmetic",
+            "selection": "none",
+        },
+    ]
+    runs[2].update(held_in=0.4, held_out=1.0)
+    runs[3].update(held_in=0.6, held_out=1.0)
+    draws = {
+        "no_elect": np.full(100, 0.9),
+        "ties": np.full(100, 0.5),
+        "average": np.full(100, 0.4),
+        "ta": 0.55 + 0.1 * spread,
+    }
+    draws = {name: {"held_in": draw, "held_out": np.ones(100)} for name, draw in draws.items()}
+    [path] = write_method_comparison(pd.DataFrame(runs), draws, tmp_path)
+    lines = {line.split(" | ")[0].strip("| "): line for line in path.read_text().splitlines()}
+    assert "| -10.0 [-10.0, -10.0] |" in lines["average"] and "| reproduced |" in lines["average"]
+    assert "| +10.0 [+10.0, +10.0] |" in lines["task_arithmetic"]
+    assert "| contradicted |" in lines["task_arithmetic"]
+    assert "| +0.0 [+0.0, +0.0] |" in lines["TIES (scale 1)"]
