@@ -128,14 +128,22 @@ def split_overrides(
     return method_overrides, job_values
 
 
+def compose_job_file(
+    config_name: str, group_overrides: list[str], job_values: dict[str, Any], required: Sequence[str]
+) -> tuple[DictConfig, list[str]]:
+    """`conf/<config_name>.yaml` composed with the config-group overrides, then the job keys set on it;
+    also the `required` keys still missing (`???`), for the caller to report in its own words."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        config = compose(config_name=config_name, overrides=group_overrides)
+    for key, value in job_values.items():
+        OmegaConf.update(config, key, value, merge=False)
+    return config, [key for key in required if OmegaConf.is_missing(config, key)]
+
+
 def compose_job(overrides: list[str]) -> DictConfig:
     """The composed job config: conf/merge_job.yaml, the chosen method's group file, then the job keys."""
     method_overrides, job_values = split_overrides(overrides)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        config = compose(config_name="merge_job", overrides=method_overrides)
-    for key, value in job_values.items():
-        OmegaConf.update(config, key, value, merge=False)
-    missing = [key for key in REQUIRED_KEYS if OmegaConf.is_missing(config, key)]
+    config, missing = compose_job_file("merge_job", method_overrides, job_values, REQUIRED_KEYS)
     if missing:
         raise MergeConfigError(
             f"missing required option(s): {', '.join(missing)} (see `mergelab merge --help`)"

@@ -112,18 +112,13 @@ def help_text() -> str:
 
 def compose_job(overrides: list[str]) -> EvalJob:
     """The checked job from Hydra overrides (conf/eval_job.yaml and the `eval` group)."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from mergelab.api.cli import CONF_DIR, split_overrides
+    from mergelab.api.cli import compose_job_file, split_overrides
     from mergelab.eval import suites
 
     eval_overrides, job_values = split_overrides(overrides, group="eval", job_keys=JOB_KEYS)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        config = compose(config_name="eval_job", overrides=eval_overrides)
-    for key, value in job_values.items():
-        OmegaConf.update(config, key, value, merge=False)
-    missing = [key for key in REQUIRED_KEYS if OmegaConf.is_missing(config, key)]
+    config, missing = compose_job_file("eval_job", eval_overrides, job_values, REQUIRED_KEYS)
     if missing:
         raise ConfigError(f"missing required option(s): {', '.join(missing)} (see `mergelab eval --help`)")
     plain: dict[str, Any] = OmegaConf.to_container(config, resolve=True)
