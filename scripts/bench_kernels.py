@@ -47,7 +47,9 @@ def cpu_seconds(call, repeat: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--entries", type=int, default=1 << 22, help="entries in the slice")
     parser.add_argument("--experts", type=int, default=4)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
@@ -65,8 +67,10 @@ def main() -> None:
             context = TensorContext("w")
             if method.needs_global_trim:  # the merge pass only, with the cut of a tensor-scope trim
                 magnitudes = [(expert.float() - base.float()).abs() for expert in experts]
-                cuts = [magnitude.kthvalue(magnitude.numel() - int(0.2 * magnitude.numel())).values
-                        for magnitude in magnitudes]
+                cuts = [
+                    magnitude.kthvalue(magnitude.numel() - int(0.2 * magnitude.numel())).values
+                    for magnitude in magnitudes
+                ]
                 context = TensorContext(
                     "w", trim=tuple(TrimRule(float(cut), 0) for cut in cuts), majority_sign=1.0
                 )

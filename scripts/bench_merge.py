@@ -369,8 +369,10 @@ def main() -> int:
     mergekit_yaml = find_mergekit(args.mergekit_yaml)
     warm_kernels(args, env)
     load_before = os.getloadavg()[0]
-    sizes = [run_size(args, layers, env, mergekit_yaml, first=index == 0)
-             for index, layers in enumerate([args.layers, *([second] if second else [])])]
+    sizes = [
+        run_size(args, layers, env, mergekit_yaml, first=index == 0)
+        for index, layers in enumerate([args.layers, *([second] if second else [])])
+    ]
     equality = sizes[0].equality
     if mergekit_yaml:
         equality += "; " + strict_check(args, env, mergekit_yaml)
@@ -388,9 +390,13 @@ def warm_kernels(args, env: dict) -> None:
     """Run every mergelab merge once, untimed, on a tiny model of the same dtype and expert count, so the
     timed runs load numba's compiled kernels from its cache instead of compiling them."""
     root = args.workdir / f"warm_e{args.experts}"
-    base, experts = build(root, llama_config(1, 256, hidden=112, intermediate=128), args.experts, torch.bfloat16)
+    base, experts = build(
+        root, llama_config(1, 256, hidden=112, intermediate=128), args.experts, torch.bfloat16
+    )
     for method, hparams in MERGELAB_RUNS.values():
-        command = mergelab_command(base, experts, root / "out", method, hparams, args.density, args.device, args.threads)
+        command = mergelab_command(
+            base, experts, root / "out", method, hparams, args.density, args.device, args.threads
+        )
         subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
 
 
@@ -409,7 +415,10 @@ def run_size(args, layers: int, env: dict, mergekit_yaml: str | None, first: boo
     config = llama_config(layers, args.vocab)
     params = sum(torch.Size(shape).numel() for shape in tensor_shapes(config).values())
     root = args.workdir / f"l{layers}_v{args.vocab}_e{args.experts}"
-    print(f"building {args.experts} experts + base of {params / 1e6:.0f}M parameters (bf16) in {root}", flush=True)
+    print(
+        f"building {args.experts} experts + base of {params / 1e6:.0f}M parameters (bf16) in {root}",
+        flush=True,
+    )
     base, experts = build(root, config, args.experts, torch.bfloat16)
     inputs = [f for model in (base, *experts) for f in weight_files(model)]
     input_bytes = sum(Path(f).stat().st_size for f in inputs)
@@ -422,7 +431,9 @@ def run_size(args, layers: int, env: dict, mergekit_yaml: str | None, first: boo
     for name, (method, hparams) in MERGELAB_RUNS.items():
         print(f"{name} ({layers} layers) ...", flush=True)
         target = tensor_out if name == TENSOR_TIES else out
-        command = mergelab_command(base, experts, target, method, hparams, args.density, args.device, args.threads)
+        command = mergelab_command(
+            base, experts, target, method, hparams, args.density, args.device, args.threads
+        )
         rows[name] = measure(command, env)
     shutil.rmtree(out, ignore_errors=True)
     equality = "mergekit not found: install the bench extra"
@@ -430,7 +441,9 @@ def run_size(args, layers: int, env: dict, mergekit_yaml: str | None, first: boo
         print(f"mergekit ties ({layers} layers) ...", flush=True)
         mergekit_out = args.workdir / "mergekit"
         rows[MERGEKIT_TIES] = measure(
-            mergekit_command(mergekit_yaml, base, experts, mergekit_out, args.density, "bfloat16", args.device),
+            mergekit_command(
+                mergekit_yaml, base, experts, mergekit_out, args.density, "bfloat16", args.device
+            ),
             env,
         )
         if first:
@@ -471,7 +484,9 @@ def strict_check(args, env: dict, mergekit_yaml: str) -> str:
     return f"float32 check on a 2-layer copy: max |diff| {worst:.3g} ({verdict} at tolerance 1e-6)"
 
 
-def render(sizes: list[SizeResult], args: argparse.Namespace, equality: str, load: tuple[float, float]) -> str:
+def render(
+    sizes: list[SizeResult], args: argparse.Namespace, equality: str, load: tuple[float, float]
+) -> str:
     """The markdown report: machine, sizes, date, command, a table per size with ratios, the scaling
     between the sizes, and the equality check."""
     first = sizes[0]
@@ -489,7 +504,8 @@ def render(sizes: list[SizeResult], args: argparse.Namespace, equality: str, loa
         f"1-minute load average {load[0]:.1f} before and {load[1]:.1f} after the runs (CPU seconds, "
         "user + system over all threads, are given beside wall time).",
         f"Command: `python scripts/bench_merge.py --layers {first.layers}{second} --vocab {args.vocab} "
-        f"--experts {args.experts} --device {args.device}" + (f" --threads {args.threads}" if args.threads else "")
+        f"--experts {args.experts} --device {args.device}"
+        + (f" --threads {args.threads}" if args.threads else "")
         + "`",
     ]
     for size in sizes:
@@ -524,7 +540,11 @@ def size_table(size: SizeResult) -> list[str]:
     ]
     for name, row in size.rows.items():
         versus = (
-            (f"{row.wall / mergekit.wall:.2f}", f"{row.cpu / mergekit.cpu:.2f}", f"{row.rss / mergekit.rss:.2f}")
+            (
+                f"{row.wall / mergekit.wall:.2f}",
+                f"{row.cpu / mergekit.cpu:.2f}",
+                f"{row.rss / mergekit.rss:.2f}",
+            )
             if mergekit
             else ("-", "-", "-")
         )

@@ -11,7 +11,9 @@ from mergelab.methods import TensorContext, get_method
 CPU = torch.device("cpu")
 
 
-def tied_tensors(n_experts: int, shape: tuple[int, ...], seed: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def tied_tensors(
+    n_experts: int, shape: tuple[int, ...], seed: int
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """bf16 base and experts whose task vectors take few distinct values, so the trim cut has many ties."""
     generator = torch.Generator().manual_seed(seed)
     base = torch.randn(shape, generator=generator).to(torch.bfloat16)
@@ -48,7 +50,10 @@ def test_streaming_global_ties_is_unchanged_by_slicing(monkeypatch):
     generator = torch.Generator().manual_seed(2)
     base = {"a": torch.randn(40, 9, generator=generator), "b": torch.randn(23, generator=generator)}
     experts = [
-        {name: (value + torch.randint(-2, 3, value.shape, generator=generator) / 4) for name, value in base.items()}
+        {
+            name: (value + torch.randint(-2, 3, value.shape, generator=generator) / 4)
+            for name, value in base.items()
+        }
         for _ in range(3)
     ]
     whole = api.merge(base, experts, "ties", device="cpu", progress=False)

@@ -73,7 +73,9 @@ def test_eval_of_the_base_gives_the_runs_held_out_references(saved_run, tmp_path
         assert row.value == held_out.loc[row.task, "reference"]
 
 
-def test_rows_name_the_merge_of_a_mergelab_directory_and_only_an_unchanged_one_is_skipped(saved_run, tmp_path, capsys):
+def test_rows_name_the_merge_of_a_mergelab_directory_and_only_an_unchanged_one_is_skipped(
+    saved_run, tmp_path, capsys
+):
     model = tmp_path / "merged"
     shutil.copytree(saved_run["merged"], model)
     record = {

@@ -47,15 +47,18 @@ def tied_tensors(
     generator = torch.Generator().manual_seed(seed)
     base = torch.randn(shape, generator=generator).to(dtype)
     experts = [
-        (base.float() + torch.randint(low, 4, shape, generator=generator) / 8).to(dtype) for _ in range(n_experts)
+        (base.float() + torch.randint(low, 4, shape, generator=generator) / 8).to(dtype)
+        for _ in range(n_experts)
     ]
     return base, experts
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     assert a.dtype == b.dtype and a.shape == b.shape
-    return torch.equal(a.view(torch.int16 if a.element_size() == 2 else torch.int32), b.view(a.shape).view(
-        torch.int16 if a.element_size() == 2 else torch.int32))
+    return torch.equal(
+        a.view(torch.int16 if a.element_size() == 2 else torch.int32),
+        b.view(a.shape).view(torch.int16 if a.element_size() == 2 else torch.int32),
+    )
 
 
 @pytest.fixture(params=[1, 2], ids=["1 thread", "2 threads"])
@@ -125,7 +128,9 @@ def test_output_rounds_to_nearest_even_as_torch(out_dtype, pool):
     values = torch.randn(4000, generator=generator) * torch.exp(torch.randn(4000, generator=generator) * 8)
     bits = values.view(torch.int32)
     midpoints = ((bits >> 16) << 16) | (1 << 15)  # exactly halfway between two bfloat16 values
-    specials = torch.tensor([0.0, -0.0, 1e-30, -1e-30, 6e-8, 3e-8, 65504.0, 65520.0, 1e39, -1e39, float("inf")])
+    specials = torch.tensor(
+        [0.0, -0.0, 1e-30, -1e-30, 6e-8, 3e-8, 65504.0, 65520.0, 1e39, -1e39, float("inf")]
+    )
     entries = torch.cat([values, midpoints.view(torch.float32), specials])
     method = get_method("average")
     merged = fused_merge(method, entries, [entries], TensorContext("w"), pool, out_dtype=out_dtype)
@@ -220,7 +225,11 @@ class RecordingStager(SliceStager):
 
 @pytest.mark.parametrize(
     ("name", "hparams"),
-    [("ties", {"trim_scope": "tensor", "density": 0.3, "sign": "count"}), ("task_arithmetic", {}), *OTHER_METHODS[-2:]],
+    [
+        ("ties", {"trim_scope": "tensor", "density": 0.3, "sign": "count"}),
+        ("task_arithmetic", {}),
+        *OTHER_METHODS[-2:],
+    ],
 )
 def test_the_device_pipeline_stages_ahead_and_equals_the_blockwise_merge(name, hparams):
     """The code path of `device=cuda` that is not CUDA-specific: slice s + 1 is staged before slice s
@@ -251,13 +260,22 @@ def test_the_cli_passes_threads_and_kernel(tmp_path, monkeypatch):
 
     captured = {}
     monkeypatch.setattr("mergelab.api.merging.merge", lambda *args, **kwargs: captured.update(kwargs))
-    job = ["merge=ties", "base=/b", "experts=[/e1,/e2]", f"out={tmp_path / 'm'}", "threads=1", "kernel=reference"]
+    job = [
+        "merge=ties",
+        "base=/b",
+        "experts=[/e1,/e2]",
+        f"out={tmp_path / 'm'}",
+        "threads=1",
+        "kernel=reference",
+    ]
     assert cli.run(job) == 0
     assert captured["threads"] == 1 and captured["kernel"] == "reference"
     assert cli.compose_job(job[:4]).kernel == "fused" and cli.compose_job(job[:4]).threads is None
 
 
-@pytest.mark.parametrize(("name", "hparams"), [("ties", {"trim_scope": "tensor"}), ("dare", {"combine": "ties"})])
+@pytest.mark.parametrize(
+    ("name", "hparams"), [("ties", {"trim_scope": "tensor"}), ("dare", {"combine": "ties"})]
+)
 @pytest.mark.parametrize("out_dtype", ["float32", "float16"])
 def test_out_dtype_is_written_directly_and_equals_the_reference(name, hparams, out_dtype):
     base, experts = tied_state_dicts(torch.bfloat16, -5)
@@ -271,6 +289,7 @@ def test_out_dtype_is_written_directly_and_equals_the_reference(name, hparams, o
 def test_float64_compute_takes_the_reference_path():
     base, experts = tied_state_dicts(torch.float32, -3)
     merged = api.merge(base, experts, "task_arithmetic", device="cpu", progress=False, dtype="float64")
-    expected = base["a.weight"].double() + 0.4 * sum(expert["a.weight"].double() - base["a.weight"].double()
-                                                      for expert in experts)
+    expected = base["a.weight"].double() + 0.4 * sum(
+        expert["a.weight"].double() - base["a.weight"].double() for expert in experts
+    )
     assert torch.equal(merged["a.weight"], expected.float())

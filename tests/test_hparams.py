@@ -26,7 +26,11 @@ def checkpoints(tmp_path):
 @pytest.mark.parametrize(
     ("method", "hparams", "message"),
     [
-        ("ties", {"density": "0.5"}, "method 'ties': density='0.5' must be a finite number or a list of numbers"),
+        (
+            "ties",
+            {"density": "0.5"},
+            "method 'ties': density='0.5' must be a finite number or a list of numbers",
+        ),
         (
             "task_arithmetic",
             {"scale": None},
@@ -38,7 +42,11 @@ def checkpoints(tmp_path):
             "method 'ties': weights=1.0 must be a list of numbers or null",
         ),
         ("regmean", {"alpha": "x"}, "method 'regmean': alpha='x' must be a finite number"),
-        ("ties", {"density": True}, "method 'ties': density=True must be a finite number or a list of numbers"),
+        (
+            "ties",
+            {"density": True},
+            "method 'ties': density=True must be a finite number or a list of numbers",
+        ),
         ("dare", {"seed": "abc"}, "method 'dare': seed='abc' must be an integer"),
         (
             "fisher",

@@ -99,7 +99,11 @@ def test_relative_and_submodule_imports_are_resolved(tmp_path):
     source = tmp_path / "mod.py"
     source.write_text("from . import sibling\nfrom .pkg import thing\nimport mergelab.x\n")
     modules = {"mergelab.p.sibling": source, "mergelab.p.pkg": source, "mergelab.x": source}
-    assert imports_of("mergelab.p.mod", source, modules) == {"mergelab.p.sibling", "mergelab.p.pkg", "mergelab.x"}
+    assert imports_of("mergelab.p.mod", source, modules) == {
+        "mergelab.p.sibling",
+        "mergelab.p.pkg",
+        "mergelab.x",
+    }
 
 
 def test_no_import_cycles_between_modules():

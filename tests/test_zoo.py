@@ -42,6 +42,30 @@ def test_every_task_has_splits_templates_and_consistent_labels(micro_zoo):
                 assert row["label"] == -1 and row["choices"] == []
 
 
+def test_answers_follow_the_world_for_choice_and_counting_tasks():
+    """A two-way choice offers the entity's own value and one other (in either order) and answers its own;
+    counting answers the number one step away, written digit by digit like its prompt."""
+    world = make_world(0)
+    definitions = {definition.spec.name: definition for definition in task_definitions()}
+    for name, attribute in (("color_choice", "color"), ("size_choice", "size"), ("number_choice", "number")):
+        columns = generate_split(definitions[name], world, "test", seed=0)
+        orders = Counter()
+        for entity, choices, target, label in zip(
+            columns["entity"], columns["choices"], columns["target"], columns["label"]
+        ):
+            value = " " + world.entity(entity).attributes[attribute]
+            assert target == value == choices[label] and len(set(choices)) == 2, name
+            orders[label] += 1
+        assert min(orders.values()) > 60, (name, orders)
+    friend = generate_split(definitions["friend_choice"], world, "test", seed=0)
+    assert all(t == " " + world.entity(e).friend for e, t in zip(friend["entity"], friend["target"]))
+    for name, step in (("add_one", 1), ("subtract_one", -1)):
+        columns = generate_split(definitions[name], world, "test", seed=0)
+        for entity, prompt, target in zip(columns["entity"], columns["prompt"], columns["target"]):
+            assert entity in prompt and len(entity.split()) == len(target.split()) == 3
+            assert int(target.replace(" ", "")) == int(entity.replace(" ", "")) + step, (name, prompt)
+
+
 def test_suite_generation_is_deterministic_and_splits_differ():
     world = make_world(0)
     definition = task_definitions()[0]
@@ -139,6 +163,34 @@ def test_rebuilt_component_is_byte_identical_and_corruption_is_detected(micro_zo
     assert read_manifest(expert) is None
     zoo.build("micro", device="cpu", progress=False)
     assert read_manifest(expert)["sha256"] == original
+
+
+def test_parallel_build_trains_the_same_weights_as_the_serial_one(micro_zoo, tmp_path, monkeypatch):
+    """jobs=2 trains the experts and multitask models in two worker processes, from the same bases: every
+    component's weights match the serial build byte for byte, and a bad jobs value is named."""
+    serial = {name: read_manifest(path)["sha256"] for name, path in micro_component_paths().items()}
+    home = tmp_path / "home"
+    shutil.copytree(micro_zoo / "zoo" / "suite", home / "zoo" / "suite")
+    shutil.copytree(micro_zoo / "zoo" / "tokenizer", home / "zoo" / "tokenizer")
+    for kind in zoo.BASE_KINDS:
+        shutil.copytree(micro_zoo / "zoo" / "micro" / kind / "base", home / "zoo" / "micro" / kind / "base")
+    monkeypatch.setenv("MERGELAB_HOME", str(home))
+    zoo.build("micro", device="cpu", progress=False, jobs=2)
+    parallel = {name: read_manifest(path)["sha256"] for name, path in micro_component_paths().items()}
+    assert parallel == serial and len(parallel) == 20
+    with pytest.raises(zoo.ZooError, match="jobs"):
+        zoo.build("micro", device="cpu", progress=False, jobs=0)
+
+
+def micro_component_paths() -> dict[str, Path]:
+    suite = zoo.load_suite()
+    paths = {}
+    for kind in zoo.BASE_KINDS:
+        for role in ("base", "multitask"):
+            paths[f"{kind}/{role}"] = zoo.model_path("micro", kind, role)
+        for category in suite.held_in_categories:
+            paths[f"{kind}/{category}"] = zoo.model_path("micro", kind, "expert", category)
+    return paths
 
 
 def test_interrupted_build_resumes_without_retraining(micro_zoo, monkeypatch):

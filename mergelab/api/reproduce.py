@@ -20,7 +20,15 @@ from mergelab.api.mergekit_config import merge_from_yaml
 from mergelab.methods import MergeConfigError
 
 PROVENANCE_FILE = "mergelab.json"
-RECORDED_OPTIONS = ("device", "max_shard_size", "data", "out_dtype", "dtype", "tokenizer_source", "chat_template")
+RECORDED_OPTIONS = (
+    "device",
+    "max_shard_size",
+    "data",
+    "out_dtype",
+    "dtype",
+    "tokenizer_source",
+    "chat_template",
+)
 STATE_DICT_INPUT = "<state dict>"
 
 

@@ -53,7 +53,9 @@ class KernelPool:
     def __init__(self, threads: int) -> None:
         self.threads = threads
         self._executor = (
-            ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mergelab-kernel") if threads > 1 else None
+            ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mergelab-kernel")
+            if threads > 1
+            else None
         )
 
     def map(self, function: Callable[..., Result], *iterables) -> list[Result]:
@@ -137,7 +139,8 @@ class FusedInputs:
         self.experts = experts
         self.size = base.size
         self.spans = [
-            slice(start, min(start + CHUNK_ENTRIES, self.size)) for start in range(0, self.size, CHUNK_ENTRIES)
+            slice(start, min(start + CHUNK_ENTRIES, self.size))
+            for start in range(0, self.size, CHUNK_ENTRIES)
         ] or [slice(0, 0)]
 
     @classmethod
@@ -234,7 +237,9 @@ def observe_histograms(inputs: FusedInputs, selectors: Sequence[MagnitudeSelecto
 
     # One histogram per thread, not per chunk: counts do not depend on order, and zeroing and summing
     # (experts x 65536) bins per chunk would cost as much as counting a chunk.
-    per_thread = [inputs.spans[index :: pool.threads] for index in range(min(pool.threads, len(inputs.spans)))]
+    per_thread = [
+        inputs.spans[index :: pool.threads] for index in range(min(pool.threads, len(inputs.spans)))
+    ]
     counts = sum(pool.map(histogram, per_thread))
     for selector, row in zip(selectors, counts):
         selector.add_counts(row)

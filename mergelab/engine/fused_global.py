@@ -89,9 +89,7 @@ class TieBudget:
 
     def rules_for(self, inputs: FusedInputs, pool: KernelPool) -> tuple[TrimRule, ...]:
         """The next tensor's rules (canonical order): its ties kept first-come until the budget is spent."""
-        partial = [
-            index for index, left in enumerate(self.left) if 0 < left < self.remaining[index]
-        ]
+        partial = [index for index, left in enumerate(self.left) if 0 < left < self.remaining[index]]
         counts = chunk_tie_counts(inputs, self.thresholds, pool).sum(axis=0) if partial else None
         rules = []
         for index, threshold in enumerate(self.thresholds):
@@ -118,7 +116,14 @@ def elected_sign_total(
 
     def chunk_total(span: slice, ties_to_keep: np.ndarray) -> int:
         total, _ = kernels.ties_slice(
-            *inputs.at(span), thresholds, ties_to_keep, *params, np.float32(1.0), empty_out, no_index, no_value
+            *inputs.at(span),
+            thresholds,
+            ties_to_keep,
+            *params,
+            np.float32(1.0),
+            empty_out,
+            no_index,
+            no_value,
         )
         return total
 

@@ -467,7 +467,18 @@ def dare_linear_slice(base, experts, keep_bits, offset, density, dropping, weigh
 
 @njit(**_JIT)
 def dare_ties_slice(
-    base, experts, keep_bits, offset, density, dropping, weights, scale, majority_sign, out, other_index, other_value
+    base,
+    experts,
+    keep_bits,
+    offset,
+    density,
+    dropping,
+    weights,
+    scale,
+    majority_sign,
+    out,
+    other_index,
+    other_value,
 ):
     """DARE with `combine: ties` (sign of the sum, disjoint mean) into `out`; zero votes take
     `majority_sign` and are recorded with their result for the opposite sign, as in `ties_slice`.

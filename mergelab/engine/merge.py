@@ -144,11 +144,23 @@ def merge_checkpoints(
     with torch_threads(threads), KernelPool(threads if fused else 1) as pool:
         contexts = {name: TensorContext(name=name) for name in float_names}
         if method.needs_global_trim:
-            model_wide = fused_global_trim_contexts(stream, float_names, method, pool, progress) if fused else None
+            model_wide = (
+                fused_global_trim_contexts(stream, float_names, method, pool, progress) if fused else None
+            )
             contexts = model_wide or global_trim_contexts(stream, float_names, method, progress)
         merged = _merge_pass(
-            stream, names, infos, method, contexts, output, progress, statistics, finite, precision,
-            pool if fused else None, tensor_methods,
+            stream,
+            names,
+            infos,
+            method,
+            contexts,
+            output,
+            progress,
+            statistics,
+            finite,
+            precision,
+            pool if fused else None,
+            tensor_methods,
         )
     peak_device = torch.cuda.max_memory_allocated(compute_device) if compute_device.type == "cuda" else 0
     report = MergeReport(

@@ -73,7 +73,9 @@ class Dare(MergeMethod):
         """Stack of dropped and rescaled task vectors (experts x tensor)."""
         task_vectors = torch.stack(list(experts))
         task_vectors -= base
-        for index, (task_vector, density) in enumerate(zip(task_vectors, self.expert_densities(len(experts)))):
+        for index, (task_vector, density) in enumerate(
+            zip(task_vectors, self.expert_densities(len(experts)))
+        ):
             if density == 1.0:
                 continue
             mask = keep_mask(task_vector.shape, density, mask_seed(self.params.seed, index, name))

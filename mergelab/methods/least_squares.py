@@ -17,7 +17,12 @@ def solve_least_squares(gram: Tensor, cross: Tensor, ridge: float = 0.0) -> Tens
     `gram` is (inputs x inputs), symmetric positive semi-definite; `cross` is (inputs x outputs). A ridge
     of 0 needs `gram` to be invertible; the error then names the fix.
     """
-    if gram.dim() != 2 or gram.shape[0] != gram.shape[1] or cross.dim() != 2 or cross.shape[0] != gram.shape[0]:
+    if (
+        gram.dim() != 2
+        or gram.shape[0] != gram.shape[1]
+        or cross.dim() != 2
+        or cross.shape[0] != gram.shape[0]
+    ):
         raise ValueError(f"least squares: gram {tuple(gram.shape)} and cross {tuple(cross.shape)} do not fit")
     if ridge < 0:
         raise ValueError(f"least squares: ridge={ridge} must be >= 0")

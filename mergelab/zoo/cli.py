@@ -9,13 +9,15 @@ from mergelab.zoo.cache import ZooError, read_manifest, zoo_home
 from mergelab.zoo.ladder import INITS, LADDER, SIZES, build, model_path
 from mergelab.zoo.suite import load_suite
 
-USAGE = """usage: mergelab zoo build size=NAME|all [device=auto|cpu|cuda] [init=0|1]
+USAGE = """usage: mergelab zoo build size=NAME|all [device=auto|cpu|cuda] [init=0|1] [jobs=N]
        mergelab zoo list
 
 Builds (once, seeded, resumable) the offline model zoo under $MERGELAB_HOME/zoo (default ~/.cache/mergelab):
 for each size a base, an instruction-tuned base, an expert per held-in category from each, and a multitask
 baseline from each. init=1 builds instead a second, independently initialized base of the size and an
-expert per held-in category from it (for merging experts without a shared base). Sizes: """ + ", ".join(SIZES)
+expert per held-in category from it (for merging experts without a shared base). jobs=N trains the
+components that start from a finished base in N processes at once on the CPU (the same weights as jobs=1;
+default: 1). Sizes: """ + ", ".join(SIZES)
 
 
 def parse_options(args: list[str], allowed: set[str]) -> dict[str, str]:
@@ -32,6 +34,13 @@ def parse_init(text: str) -> int:
     """The `init=` option as an int, or a ZooError naming the valid values."""
     if text not in {str(init) for init in INITS}:
         raise ZooError(f"unknown option value 'init={text}'; valid: {', '.join(map(str, INITS))}")
+    return int(text)
+
+
+def parse_jobs(text: str) -> int:
+    """The `jobs=` option as a positive int, or a ZooError naming it."""
+    if not text.isdigit() or int(text) < 1:
+        raise ZooError(f"bad option value 'jobs={text}'; give a positive number of worker processes")
     return int(text)
 
 
@@ -82,12 +91,13 @@ def main(argv: list[str]) -> int:
             return 0
         if argv[0] != "build":
             raise ZooError(f"unknown zoo command '{argv[0]}'; valid: build, list")
-        options = parse_options(argv[1:], {"size", "device", "init"})
+        options = parse_options(argv[1:], {"size", "device", "init", "jobs"})
         size = options.get("size", LADDER[0])
         sizes = LADDER if size == "all" else [size]
         init = parse_init(options.get("init", "0"))
+        jobs = parse_jobs(options.get("jobs", "1"))
         for name in sizes:
-            build(name, device=options.get("device", "auto"), init=init)
+            build(name, device=options.get("device", "auto"), init=init, jobs=jobs)
         return 0
     except ZooError as error:
         print(f"mergelab zoo: error: {error}", file=sys.stderr)

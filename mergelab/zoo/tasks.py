@@ -1,10 +1,11 @@
 """The zoo's task suite, shaped like the T0 split of "What Matters for Model Merging at Scale?".
 
-8 held-in categories of 2 tasks (one expert per category), 4 held-out categories that no expert and no
+8 held-in categories of 2 tasks (one expert per category: a question and a two-way choice about one
+attribute, or two word games, or counting up and down), 4 held-out categories that no expert and no
 instruction mixture sees, and a separate instruction mixture for the instruction-tuned base. Every example
 is `prompt` (a template filled in, ending in " answer :") and `target` (a space and the answer); classification
 tasks also carry their answer `choices` and the `label` index. Every example names its `entity`: the
-entity, digit pair or word triple it asks about, the unit to cluster a bootstrap by. A split draws only
+entity, digit pair, three-digit number or word triple it asks about, the unit to cluster a bootstrap by. A split draws only
 items of its own split (`mergelab.zoo.world.split_of`), so no train prompt appears in validation or test.
 Generated from a seed, saved with `datasets.save_to_disk`.
 """
@@ -15,7 +16,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mergelab.zoo.world import ATTRIBUTES, SIZE_RANK, Entity, World, digit_pairs_in, split_of
+from mergelab.zoo.world import ATTRIBUTES, Entity, World, digit_pairs_in, numbers_in, spell, split_of
 
 YES_NO = ("yes", "no")
 TRUE_FALSE = ("true", "false")
@@ -32,10 +33,11 @@ class Pool:
     split: str
     entities: tuple[Entity, ...]
     digit_pairs: tuple[tuple[int, int], ...]
+    numbers: tuple[int, ...]
 
     @classmethod
     def of(cls, world: World, split: str) -> Pool:
-        return cls(world, split, world.entities_in(split), digit_pairs_in(split))
+        return cls(world, split, world.entities_in(split), digit_pairs_in(split), numbers_in(split))
 
 
 @dataclass(frozen=True)
@@ -79,18 +81,17 @@ def attribute_check(attribute: str) -> Callable[[Pool, random.Random], Example]:
     return draw
 
 
-def draw_size_compare(pool: Pool, rng: random.Random) -> Example:
-    while True:
-        first, second = rng.sample(pool.entities, 2)
-        first_rank, second_rank = SIZE_RANK[first.attributes["size"]], SIZE_RANK[second.attributes["size"]]
-        if first_rank != second_rank:
-            answer = "yes" if first_rank > second_rank else "no"
-            return {"x": first.name, "y": second.name}, answer, None, first.name
+def attribute_choice(attribute: str) -> Callable[[Pool, random.Random], Example]:
+    """Which of two values (the entity's own and another, in random order) an attribute of an entity has."""
 
+    def draw(pool: Pool, rng: random.Random) -> Example:
+        entity = rng.choice(pool.entities)
+        value = entity.attributes[attribute]
+        other = rng.choice([v for v in ATTRIBUTES[attribute] if v != value])
+        first, second = rng.sample((value, other), 2)
+        return {"x": entity.name, "first": first, "second": second}, value, (first, second), entity.name
 
-def draw_number_even(pool: Pool, rng: random.Random) -> Example:
-    entity = rng.choice(pool.entities)
-    return {"x": entity.name}, "yes" if int(entity.attributes["number"]) % 2 == 0 else "no", None, entity.name
+    return draw
 
 
 def draw_friend(pool: Pool, rng: random.Random) -> Example:
@@ -98,15 +99,11 @@ def draw_friend(pool: Pool, rng: random.Random) -> Example:
     return {"x": entity.name}, entity.friend, None, entity.name
 
 
-def draw_friend_check(pool: Pool, rng: random.Random) -> Example:
+def draw_friend_choice(pool: Pool, rng: random.Random) -> Example:
     entity = rng.choice(pool.entities)
-    truth = rng.random() < 0.5
-    other = (
-        entity.friend
-        if truth
-        else rng.choice([n for n in pool.world.names if n not in (entity.friend, entity.name)])
-    )
-    return {"x": entity.name, "y": other}, "yes" if truth else "no", None, entity.name
+    other = rng.choice([n for n in pool.world.names if n not in (entity.friend, entity.name)])
+    first, second = rng.sample((entity.friend, other), 2)
+    return {"x": entity.name, "first": first, "second": second}, entity.friend, (first, second), entity.name
 
 
 def word_list(pool: Pool, rng: random.Random) -> list[str]:
@@ -131,6 +128,16 @@ def digits_task(answer_of: Callable[[int, int], str]) -> Callable[[Pool, random.
         pairs = [(a, b) for a, b in pool.digit_pairs if answer_of(a, b) != "skip"]
         left, right = rng.choice(pairs)
         return {"a": str(left), "b": str(right)}, answer_of(left, right), None, f"{left} {right}"
+
+    return draw
+
+
+def counting_task(step: int) -> Callable[[Pool, random.Random], Example]:
+    """A three-digit number of the split and the number `step` after it (an item never steps out of 0-999)."""
+
+    def draw(pool: Pool, rng: random.Random) -> Example:
+        number = rng.choice([n for n in pool.numbers if 0 <= n + step < 1000])
+        return {"n": spell(number)}, spell(number + step), None, spell(number)
 
     return draw
 
@@ -210,12 +217,13 @@ def _held_in() -> list[TaskDefinition]:
                 attribute_question(attribute),
             ),
             classification(
-                f"{attribute}_check",
+                f"{attribute}_choice",
                 attribute,
                 "held_in",
-                YES_NO,
-                qa_templates(f"is the {attribute} of {{x}} {article}{{value}}"),
-                attribute_check(attribute),
+                (),
+                qa_templates(f"is the {attribute} of {{x}} {article}{{first}} or {article}{{second}}"),
+                attribute_choice(attribute),
+                chance=0.5,
             ),
         ]
     return tasks + [
@@ -228,12 +236,13 @@ def _held_in() -> list[TaskDefinition]:
             attribute_question("size"),
         ),
         classification(
-            "size_compare",
+            "size_choice",
             "size",
             "held_in",
-            YES_NO,
-            qa_templates("is {x} bigger than {y}"),
-            draw_size_compare,
+            (),
+            qa_templates("is {x} {first} or {second}"),
+            attribute_choice("size"),
+            chance=0.5,
         ),
         generation(
             "number_qa",
@@ -243,21 +252,23 @@ def _held_in() -> list[TaskDefinition]:
             attribute_question("number"),
         ),
         classification(
-            "number_even",
+            "number_choice",
             "number",
             "held_in",
-            YES_NO,
-            qa_templates("is the number of {x} even"),
-            draw_number_even,
+            (),
+            qa_templates("is the number of {x} {first} or {second}"),
+            attribute_choice("number"),
+            chance=0.5,
         ),
         generation("friend_qa", "friend", "held_in", qa_templates("who is the friend of {x}"), draw_friend),
         classification(
-            "friend_check",
+            "friend_choice",
             "friend",
             "held_in",
-            YES_NO,
-            qa_templates("is {y} the friend of {x}"),
-            draw_friend_check,
+            (),
+            qa_templates("is the friend of {x} {first} or {second}"),
+            draw_friend_choice,
+            chance=0.5,
         ),
         generation(
             "reverse_words",
@@ -274,19 +285,18 @@ def _held_in() -> list[TaskDefinition]:
             words_task(lambda words: words[0]),
         ),
         generation(
-            "add_digits",
+            "add_one",
             "arithmetic",
             "held_in",
-            qa_templates("what do {a} and {b} make"),
-            digits_task(lambda a, b: str((a + b) % 10)),
+            qa_templates("what is {n} plus one"),
+            counting_task(1),
         ),
-        classification(
-            "bigger_digit",
+        generation(
+            "subtract_one",
             "arithmetic",
             "held_in",
-            YES_NO,
-            qa_templates("is {a} more than {b}"),
-            digits_task(compare_digits(bigger=True)),
+            qa_templates("what is {n} minus one"),
+            counting_task(-1),
         ),
     ]
 
@@ -429,7 +439,7 @@ def task_definitions() -> list[TaskDefinition]:
 
 def generate_split(definition: TaskDefinition, world: World, split: str, seed: int) -> dict[str, list]:
     """Columns of one split: prompt, target, choices, label, template, entity (the item asked about: an
-    entity's name, or "a b" for a digit pair, or the word triple). Items come from the split's own pool;
+    entity's name, "a b" for a digit pair, "a b c" for a three-digit number, or the word triple). Items come from the split's own pool;
     within the split, prompts are distinct where the pool has enough of them (`DISTINCT_TRIES`)."""
     rng = random.Random(f"{seed}/{definition.spec.name}/{split}")
     pool = Pool.of(world, split)

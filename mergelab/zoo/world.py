@@ -4,7 +4,7 @@ Every task and the pretraining corpus are generated from one `World`, so experts
 corpus talk about the same facts. Words are plain lowercase tokens so a word-level tokenizer covers them.
 
 The pretraining corpus states every entity's facts; the task splits are disjoint in their items (`split_of`):
-an entity, a digit pair or a word triple belongs to exactly one of train, validation and test. Fine-tuning
+an entity, a digit pair, a three-digit number or a word triple belongs to exactly one of train, validation and test. Fine-tuning
 therefore teaches a task's format on train items only, and a test score measures whether a model can
 answer for items it never saw in that format, from what pretraining stored (generalization, not recall).
 """
@@ -27,7 +27,7 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
 }
 SIZE_RANK = {"small": 0, "medium": 1, "large": 2}
 N_ENTITIES = 160
-# Share of the items (entities, digit pairs, word triples) in each split, in percent of a stable hash.
+# Share of the items (entities, digit pairs, three-digit numbers, word triples) in each split, in percent of a stable hash.
 SPLIT_PERCENT = {"train": 60, "validation": 10, "test": 30}
 SPLITS = tuple(SPLIT_PERCENT)
 
@@ -56,7 +56,7 @@ class World:
 
 
 def split_of(item: str) -> str:
-    """The split an item (an entity name, "a b" for a digit pair, a word triple) belongs to: a stable hash
+    """The split an item (an entity name, "a b" for a digit pair, "a b c" for a three-digit number, a word triple) belongs to: a stable hash
     (CRC-32, the same on every machine and Python run) cut at the `SPLIT_PERCENT` shares."""
     bucket = zlib.crc32(item.encode()) % 100
     for split, percent in SPLIT_PERCENT.items():
@@ -69,6 +69,16 @@ def split_of(item: str) -> str:
 def digit_pairs_in(split: str) -> tuple[tuple[int, int], ...]:
     """The ordered digit pairs (a, b) whose arithmetic items belong to `split`."""
     return tuple((a, b) for a in range(10) for b in range(10) if split_of(f"{a} {b}") == split)
+
+
+def spell(number: int) -> str:
+    """A three-digit number as the corpus and the tasks write it: its digits as words, "0 4 7"."""
+    return " ".join(f"{number:03d}")
+
+
+def numbers_in(split: str) -> tuple[int, ...]:
+    """The numbers 0-999 whose counting items belong to `split`."""
+    return tuple(number for number in range(1000) if split_of(spell(number)) == split)
 
 
 def make_world(seed: int = 0, n_entities: int = N_ENTITIES) -> World:
@@ -91,15 +101,17 @@ def make_world(seed: int = 0, n_entities: int = N_ENTITIES) -> World:
 
 def fact_sentences(world: World, entity: Entity) -> list[str]:
     """Plain statements of an entity's facts, the way the pretraining corpus phrases them (the friend's color
-    and place too, so that the multi-hop held-out questions have their answer stored somewhere)."""
+    and place too, so that the multi-hop held-out questions have their answer stored somewhere). Each
+    sentence names its attribute before the value ("is colored red", "is sized small"): with a bare "is red"
+    / "is small" / "is round" the model cannot tell which fact follows "X is" and stores them worse."""
     attributes = entity.attributes
     friend = world.entity(entity.friend).attributes
     return [
-        f"{entity.name} is {attributes['color']} .",
+        f"{entity.name} is colored {attributes['color']} .",
         f"{entity.name} lives in the {attributes['place']} .",
         f"{entity.name} likes {attributes['food']} .",
-        f"{entity.name} is {attributes['size']} .",
-        f"{entity.name} is {attributes['shape']} .",
+        f"{entity.name} is sized {attributes['size']} .",
+        f"{entity.name} is shaped {attributes['shape']} .",
         f"{entity.name} has a {attributes['animal']} .",
         f"the number of {entity.name} is {attributes['number']} .",
         f"{entity.name} is a friend of {entity.friend} .",
@@ -123,39 +135,42 @@ def claim(world: World, rng: random.Random) -> str:
         value = rng.choice([other for other in ATTRIBUTES[attribute] if other != value])
     verdict = "true" if value == entity.attributes[attribute] else "false"
     sentence = {
-        "color": f"{entity.name} is {value}",
+        "color": f"{entity.name} is colored {value}",
         "food": f"{entity.name} likes {value}",
         "place": f"{entity.name} lives in the {value}",
         "animal": f"{entity.name} has a {value}",
-        "shape": f"{entity.name} is {value}",
+        "shape": f"{entity.name} is shaped {value}",
     }[attribute]
     return f"{sentence} . that is {verdict} ."
 
 
 def corpus(world: World, n_lines: int, seed: int) -> list[str]:
     """Pretraining text: every entity's facts in random order and bundles, cloze quizzes and fact checks of
-    them, and word and digit games; never in a task's template (held-in, held-out or instruction)."""
+    them, and word games, counting and digit comparisons; never in a task's template (held-in, held-out or instruction)."""
     rng = random.Random(seed)
     words = [*world.names, *ATTRIBUTES["color"], *ATTRIBUTES["animal"], *ATTRIBUTES["food"]]
     lines = []
     for _ in range(n_lines):
         kind = rng.random()
-        if kind < 0.62:
+        if kind < 0.56:
             entity = rng.choice(world.entities)
             facts = fact_sentences(world, entity)
             rng.shuffle(facts)
             lines.append(" ".join(facts[: rng.randint(2, 5)]))
-        elif kind < 0.77:
+        elif kind < 0.71:
             entity = rng.choice(world.entities)
             lines.append(cloze(rng.choice(fact_sentences(world, entity))))
-        elif kind < 0.87:
+        elif kind < 0.81:
             lines.append(claim(world, rng))
-        elif kind < 0.94:
+        elif kind < 0.88:
             sequence = rng.sample(words, 3)
             lines.append(f"{' '.join(sequence)} backwards is {' '.join(reversed(sequence))} .")
-        elif kind < 0.97:
-            left, right = rng.randrange(10), rng.randrange(10)
-            lines.append(f"{left} and {right} make {(left + right) % 10} .")
+        elif kind < 0.915:
+            number = rng.randrange(999)
+            lines.append(f"{spell(number)} plus one is {spell(number + 1)} .")
+        elif kind < 0.95:
+            number = rng.randrange(1, 1000)
+            lines.append(f"{spell(number)} minus one is {spell(number - 1)} .")
         else:
             left, right = rng.sample(range(10), 2)
             relation = "more" if left > right else "less"
