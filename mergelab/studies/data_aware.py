@@ -45,11 +45,16 @@ def _held_in_mean(rows: pd.DataFrame, column: str) -> float:
 
 
 def zoo_chance(rows: pd.DataFrame) -> dict[str, float]:
-    """Chance score of each of the rows' tasks in the zoo suite (NaN for a task the zoo does not have)."""
+    """Chance score of each of the rows' tasks in the zoo suite, or in the earlier suite that had it (rows
+    committed before suite v3); NaN for a task no zoo suite has."""
     from mergelab.eval.suites import load_suite
+    from mergelab.zoo.tasks import RETIRED_TASK_CHANCE
 
     tasks = load_suite("zoo").tasks
-    return {task: tasks[task].chance if task in tasks else math.nan for task in rows["task"].unique()}
+    return {
+        task: tasks[task].chance if task in tasks else RETIRED_TASK_CHANCE.get(task, math.nan)
+        for task in rows["task"].unique()
+    }
 
 
 def decode_runs(rows: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:

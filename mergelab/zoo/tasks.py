@@ -21,6 +21,15 @@ from mergelab.zoo.world import ATTRIBUTES, Entity, World, digit_pairs_in, number
 YES_NO = ("yes", "no")
 TRUE_FALSE = ("true", "false")
 SPLIT_SIZES = {"train": 1000, "validation": 100, "test": 200}
+# Chance levels of the tasks earlier suite versions had and v3 dropped, so that committed result rows of
+# those suites still report against chance (the v1/v2 yes/no checks, digit sum and digit comparison).
+RETIRED_TASK_CHANCE = {
+    **{f"{attribute}_check": 0.5 for attribute in ("color", "place", "food", "friend")},
+    "size_compare": 0.5,
+    "number_even": 0.5,
+    "add_digits": 0.0,
+    "bigger_digit": 0.5,
+}
 DISTINCT_TRIES = 50  # draws per example to find a prompt not yet in the split before accepting a repeat
 Example = tuple[dict[str, str], str, tuple[str, ...] | None, str]  # slots, answer, own choices, item
 
