@@ -24,6 +24,7 @@ STUDY_OVERLAYS = {  # committed study -> the experiment overlay whose report reg
     "ties_sensitivity": "ties_density",
     "ties_micro": "ties_micro",
     "ties_v2": "ties_v2",
+    "ties_v3": "ties_v3",
 }
 
 
