@@ -201,7 +201,9 @@ def test_micro_study_matches_the_committed_golden_numbers(micro_zoo, tmp_path, s
     assert searched == {tuple(experts.split(",")) for experts in seed0["expert_set"]}
 
 
-@pytest.mark.parametrize("name", ["merging_at_scale", "merging_at_scale_micro", "merging_at_scale_v2"])
+@pytest.mark.parametrize(
+    "name", ["merging_at_scale", "merging_at_scale_micro", "merging_at_scale_v2", "merging_at_scale_v3"]
+)
 def test_committed_study_regenerates_its_report(name, tmp_path):
     committed = RESULTS / name
     assert (committed / "rows.parquet").is_file(), f"results/{name}/rows.parquet is not committed"
