@@ -25,7 +25,6 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "animal": ("cat", "dog", "owl", "fox", "horse", "frog"),
     "number": tuple(str(digit) for digit in range(10)),
 }
-SIZE_RANK = {"small": 0, "medium": 1, "large": 2}
 N_ENTITIES = 160
 # Share of the items (entities, digit pairs, three-digit numbers, word triples) in each split, in percent of a stable hash.
 SPLIT_PERCENT = {"train": 60, "validation": 10, "test": 30}
