@@ -168,7 +168,7 @@ def test_rebuilt_component_is_byte_identical_and_corruption_is_detected(micro_zo
 def test_parallel_build_trains_the_same_weights_as_the_serial_one(micro_zoo, tmp_path, monkeypatch):
     """jobs=2 trains the experts and multitask models in two worker processes, from the same bases: every
     component's weights match the serial build byte for byte, and a bad jobs value is named."""
-    serial = {name: read_manifest(path)["sha256"] for name, path in micro_component_paths().items()}
+    serial = {name: read_manifest(path)["sha256"] for name, path in ladder.component_paths("micro").items()}
     home = tmp_path / "home"
     shutil.copytree(micro_zoo / "zoo" / "suite", home / "zoo" / "suite")
     shutil.copytree(micro_zoo / "zoo" / "tokenizer", home / "zoo" / "tokenizer")
@@ -176,21 +176,10 @@ def test_parallel_build_trains_the_same_weights_as_the_serial_one(micro_zoo, tmp
         shutil.copytree(micro_zoo / "zoo" / "micro" / kind / "base", home / "zoo" / "micro" / kind / "base")
     monkeypatch.setenv("MERGELAB_HOME", str(home))
     zoo.build("micro", device="cpu", progress=False, jobs=2)
-    parallel = {name: read_manifest(path)["sha256"] for name, path in micro_component_paths().items()}
+    parallel = {name: read_manifest(path)["sha256"] for name, path in ladder.component_paths("micro").items()}
     assert parallel == serial and len(parallel) == 20
     with pytest.raises(zoo.ZooError, match="jobs"):
         zoo.build("micro", device="cpu", progress=False, jobs=0)
-
-
-def micro_component_paths() -> dict[str, Path]:
-    suite = zoo.load_suite()
-    paths = {}
-    for kind in zoo.BASE_KINDS:
-        for role in ("base", "multitask"):
-            paths[f"{kind}/{role}"] = zoo.model_path("micro", kind, role)
-        for category in suite.held_in_categories:
-            paths[f"{kind}/{category}"] = zoo.model_path("micro", kind, "expert", category)
-    return paths
 
 
 def test_interrupted_build_resumes_without_retraining(micro_zoo, monkeypatch):

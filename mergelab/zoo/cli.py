@@ -6,7 +6,7 @@ import json
 import sys
 
 from mergelab.zoo.cache import ZooError, read_manifest, zoo_home
-from mergelab.zoo.ladder import INITS, LADDER, SIZES, build, model_path
+from mergelab.zoo.ladder import INITS, LADDER, SIZES, build, component_paths, model_path
 from mergelab.zoo.suite import load_suite
 
 USAGE = """usage: mergelab zoo build size=NAME|all [device=auto|cpu|cuda] [init=0|1] [jobs=N]
@@ -52,7 +52,7 @@ def list_zoo() -> None:
         f"{'size':<7}{'parameters':>11}{'built':>8}{'val loss':>10}{'train s':>9}  device  held-in(expert) held-out(it)"
     )
     for size in SIZES:
-        manifests = [m for m in (read_manifest(p) for p in component_paths(size, suite)) if m]
+        manifests = [m for m in map(read_manifest, component_paths(size).values()) if m]
         if not manifests:
             continue
         base = read_manifest(model_path(size, "base", "base")) or {}
@@ -62,15 +62,6 @@ def list_zoo() -> None:
             f"{base.get('val_loss', float('nan')):>10.3f}{sum(m['seconds'] for m in manifests):>9.0f}  "
             f"{base.get('device', '?'):<7} {scores}"
         )
-
-
-def component_paths(size: str, suite) -> list:
-    paths = []
-    for base_kind in ("base", "it"):
-        paths.append(model_path(size, base_kind, "base"))
-        paths += [model_path(size, base_kind, "expert", c) for c in suite.held_in_categories]
-        paths.append(model_path(size, base_kind, "multitask"))
-    return paths
 
 
 def _scores(size: str) -> str:

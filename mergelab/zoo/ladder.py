@@ -21,6 +21,7 @@ from pathlib import Path
 
 import datasets
 import torch
+from tqdm.auto import tqdm
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -286,36 +287,47 @@ def build(size: str, device: str = "auto", progress: bool = True, init: int = 0,
 def _build_in_parallel(
     size: str, spec: SizeSpec, compute: torch.device, progress: bool, init: int, jobs: int
 ) -> None:
-    """Train the bases here, then deal the remaining components round-robin to `jobs` worker processes."""
+    """Train the bases here, then the remaining components in `jobs` worker processes, one task each."""
     with _build_environment(spec, compute):
         bases = {f"init{init}/base"} if init else {"base", "it"}
         _build_components(size, spec, compute, progress, init, only=bases)
-    rest = [name for name in component_names(init) if name not in bases]
-    shares = [set(rest[worker::jobs]) for worker in range(jobs)]
+    missing = [
+        name
+        for name, path in component_paths(size, init).items()
+        if name not in bases and read_manifest(path) is None
+    ]
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
-        futures = [pool.submit(_build_share, size, str(compute), init, share) for share in shares if share]
-        for future in concurrent.futures.as_completed(futures):
+        futures = [pool.submit(_build_share, size, str(compute), init, {name}) for name in missing]
+        done = concurrent.futures.as_completed(futures)
+        for future in tqdm(
+            done, total=len(futures), desc=f"{size} components ({jobs} jobs)", disable=not progress
+        ):
             future.result()
 
 
 def _build_share(size: str, device: str, init: int, names: set[str]) -> None:
-    """One worker of `_build_in_parallel`: train the named components of `size` (quietly)."""
+    """One task of `_build_in_parallel`: train the named components of `size` (quietly)."""
     spec = SIZES[size]
     compute = torch.device(device)
     with _build_environment(spec, compute):
         _build_components(size, spec, compute, False, init, only=names)
 
 
-def component_names(init: int = 0) -> list[str]:
-    """The components of a size in build order (the names their manifests carry)."""
+def component_paths(size: str, init: int = 0) -> dict[str, Path]:
+    """Each component of a size by the name its manifest carries, in build order."""
     categories = load_suite().held_in_categories
     if init:
-        return [f"init{init}/base", *(f"init{init}/base/expert/{category}" for category in categories)]
-    names = ["base", "it"]
+        return {f"init{init}/base": model_path(size, "base", "base", init=init)} | {
+            f"init{init}/base/expert/{category}": model_path(size, "base", "expert", category, init=init)
+            for category in categories
+        }
+    paths = {"base": model_path(size, "base", "base"), "it": model_path(size, "it", "base")}
     for base_kind in BASE_KINDS:
-        names += [f"{base_kind}/expert/{category}" for category in categories] + [f"{base_kind}/multitask"]
-    return names
+        for category in categories:
+            paths[f"{base_kind}/expert/{category}"] = model_path(size, base_kind, "expert", category)
+        paths[f"{base_kind}/multitask"] = model_path(size, base_kind, "multitask")
+    return paths
 
 
 def _build_components(
