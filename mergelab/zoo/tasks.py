@@ -5,8 +5,9 @@ attribute, or two word games, or counting up and down), 4 held-out categories th
 instruction mixture sees, and a separate instruction mixture for the instruction-tuned base. Every example
 is `prompt` (a template filled in, ending in " answer :") and `target` (a space and the answer); classification
 tasks also carry their answer `choices` and the `label` index. Every example names its `entity`: the
-entity, digit pair, three-digit number or word triple it asks about, the unit to cluster a bootstrap by. A split draws only
-items of its own split (`mergelab.zoo.world.split_of`), so no train prompt appears in validation or test.
+entity, digit pair, three-digit number or word triple it asks about, the unit to cluster a bootstrap by.
+A split draws only items of its own split (`mergelab.zoo.world.split_of`), so no train prompt appears in
+validation or test.
 Generated from a seed, saved with `datasets.save_to_disk`.
 """
 
@@ -90,15 +91,19 @@ def attribute_check(attribute: str) -> Callable[[Pool, random.Random], Example]:
     return draw
 
 
+def choice_of_two(entity: Entity, answer: str, others: list[str], rng: random.Random) -> Example:
+    """A two-way choice about `entity`: its `answer` and one of `others`, in random order."""
+    first, second = rng.sample((answer, rng.choice(others)), 2)
+    return {"x": entity.name, "first": first, "second": second}, answer, (first, second), entity.name
+
+
 def attribute_choice(attribute: str) -> Callable[[Pool, random.Random], Example]:
     """Which of two values (the entity's own and another, in random order) an attribute of an entity has."""
 
     def draw(pool: Pool, rng: random.Random) -> Example:
         entity = rng.choice(pool.entities)
         value = entity.attributes[attribute]
-        other = rng.choice([v for v in ATTRIBUTES[attribute] if v != value])
-        first, second = rng.sample((value, other), 2)
-        return {"x": entity.name, "first": first, "second": second}, value, (first, second), entity.name
+        return choice_of_two(entity, value, [v for v in ATTRIBUTES[attribute] if v != value], rng)
 
     return draw
 
@@ -110,9 +115,8 @@ def draw_friend(pool: Pool, rng: random.Random) -> Example:
 
 def draw_friend_choice(pool: Pool, rng: random.Random) -> Example:
     entity = rng.choice(pool.entities)
-    other = rng.choice([n for n in pool.world.names if n not in (entity.friend, entity.name)])
-    first, second = rng.sample((entity.friend, other), 2)
-    return {"x": entity.name, "first": first, "second": second}, entity.friend, (first, second), entity.name
+    others = [name for name in pool.world.names if name not in (entity.friend, entity.name)]
+    return choice_of_two(entity, entity.friend, others, rng)
 
 
 def word_list(pool: Pool, rng: random.Random) -> list[str]:
@@ -448,8 +452,8 @@ def task_definitions() -> list[TaskDefinition]:
 
 def generate_split(definition: TaskDefinition, world: World, split: str, seed: int) -> dict[str, list]:
     """Columns of one split: prompt, target, choices, label, template, entity (the item asked about: an
-    entity's name, "a b" for a digit pair, "a b c" for a three-digit number, or the word triple). Items come from the split's own pool;
-    within the split, prompts are distinct where the pool has enough of them (`DISTINCT_TRIES`)."""
+    entity's name, "a b" for a digit pair, "a b c" for a three-digit number, or the word triple). Items
+    come from the split's own pool; within the split, prompts are distinct where the pool has enough of them (`DISTINCT_TRIES`)."""
     rng = random.Random(f"{seed}/{definition.spec.name}/{split}")
     pool = Pool.of(world, split)
     columns: dict[str, list] = {

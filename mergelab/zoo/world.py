@@ -4,9 +4,10 @@ Every task and the pretraining corpus are generated from one `World`, so experts
 corpus talk about the same facts. Words are plain lowercase tokens so a word-level tokenizer covers them.
 
 The pretraining corpus states every entity's facts; the task splits are disjoint in their items (`split_of`):
-an entity, a digit pair, a three-digit number or a word triple belongs to exactly one of train, validation and test. Fine-tuning
-therefore teaches a task's format on train items only, and a test score measures whether a model can
-answer for items it never saw in that format, from what pretraining stored (generalization, not recall).
+an entity, a digit pair, a three-digit number or a word triple belongs to exactly one of train, validation
+and test. Fine-tuning therefore teaches a task's format on train items only, and a test score measures
+whether a model can answer for items it never saw in that format, from what pretraining stored
+(generalization, not recall).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "number": tuple(str(digit) for digit in range(10)),
 }
 N_ENTITIES = 160
-# Share of the items (entities, digit pairs, three-digit numbers, word triples) in each split, in percent of a stable hash.
+# Share of the items (entities, digit pairs, three-digit numbers, word triples) in each split, in percent
+# of a stable hash.
 SPLIT_PERCENT = {"train": 60, "validation": 10, "test": 30}
 SPLITS = tuple(SPLIT_PERCENT)
 
@@ -55,7 +57,8 @@ class World:
 
 
 def split_of(item: str) -> str:
-    """The split an item (an entity name, "a b" for a digit pair, "a b c" for a three-digit number, a word triple) belongs to: a stable hash
+    """The split an item (an entity name, "a b" for a digit pair, "a b c" for a three-digit number, a word
+    triple) belongs to: a stable hash
     (CRC-32, the same on every machine and Python run) cut at the `SPLIT_PERCENT` shares."""
     bucket = zlib.crc32(item.encode()) % 100
     for split, percent in SPLIT_PERCENT.items():
