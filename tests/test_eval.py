@@ -198,6 +198,22 @@ def test_batched_scores_equal_unpadded_scores_whatever_the_batch_composition(tok
     for position, example in enumerate(shuffled):
         assert reordered[position] == pytest.approx(expected[example], abs=1e-4)
 
+def test_one_token_choices_are_scored_from_one_pass_per_prompt_with_the_same_scores(tokenizer):
+    model = random_llama(tokenizer)
+    rng = random.Random(1)
+    prompts = [" ".join(rng.choices(WORDS, k=rng.randint(1, 12))) for _ in range(7)]
+    choices = [[" " + word for word in rng.sample(WORDS, rng.randint(2, 6))] for _ in prompts]
+    choices[3] = [" a b", " c"]  # one example with a two-token choice takes the per-choice path
+    expected = [unpadded_scores(model, tokenizer, p, c) for p, c in zip(prompts, choices)]
+    passes = []
+    original_forward = model.forward
+    model.forward = lambda **inputs: passes.append(inputs["input_ids"].shape[0]) or original_forward(**inputs)
+    scores = choice_scores(model, tokenizer, prompts, choices, batch_size=4, progress=False)
+    for row, expected_row in zip(scores, expected):
+        assert row == pytest.approx(expected_row, abs=1e-4)
+    # six one-token prompts in two passes of at most 4 prompts, then the 2 rows of the other example
+    assert passes == [4, 2, 2]
+
 
 def test_explicit_device_is_used(tokenizer):
     model = BigramModule(bigram_table(tokenizer, LENGTH_CASE))

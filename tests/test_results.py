@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from mergelab.experiment import results
@@ -26,6 +28,7 @@ def make_rows(config_hash: str, tasks: dict[str, tuple[str, str, float, float]],
         "expert_set": "a,b",
         "n_experts": 2,
         "subset_seed": 0,
+        "replicate": 0,
         "split": "test",
         "metric": "accuracy",
         "merge_seconds": 0.5,
@@ -135,3 +138,12 @@ def test_rows_recorded_before_per_example_columns_still_write(tmp_path):
     assert list(back["value"]) == list(old["value"])
     with pytest.raises(results.ResultsError, match=r"missing columns \['value'\]"):
         results.to_table(old.drop(columns=["value"]))
+
+
+def test_rows_recorded_before_replicates_read_back_as_replicate_0(tmp_path):
+    rows = make_rows("h1", TASKS).drop(columns=["replicate"])
+    path = tmp_path / "old.parquet"
+    schema = pa.schema([field for field in results.SCHEMA if field.name != "replicate"])
+    pq.write_table(pa.Table.from_pandas(rows, schema=schema, preserve_index=False), path)
+    back = results.read_fragment(path)
+    assert back["replicate"].tolist() == [0, 0] and str(back["replicate"].dtype) == "int64"

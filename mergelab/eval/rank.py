@@ -11,6 +11,11 @@ Score of a choice = sum over its tokens of log p(token | prompt, previous choice
 row; rows of many examples share a forward pass (`batch_size` rows at a time), sorted by length so that
 batches carry little padding. Rows are right-padded with an attention mask: the real tokens of every row
 start at position 0, so the default position ids are correct and padding never changes a score.
+
+An example whose choices are all one token long is scored from one forward pass of its prompt alone: the
+log-probabilities at the prompt's last position give every choice's score at once (the same numbers as
+the per-choice rows, since a causal model's logits there see only the prompt). The zoo's classification
+tasks are all of this kind, so scoring a six-way question costs one pass instead of six.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mergelab.eval.choices import causal_lm_batch, choice_rows, token_log_prob_sums
-from mergelab.eval.inputs import padding_id, resolve_device
+from mergelab.eval.inputs import padding_id, resolve_device, right_padded
 from mergelab.eval.seq2seq_rank import seq2seq_choice_scores
 
 
@@ -61,18 +66,43 @@ def choice_scores(
     rows = choice_rows(tokenizer, prompts, choices)
     device = resolve_device(model, device)
     pad_id = padding_id(tokenizer)
-    order = sorted(range(len(rows)), key=lambda r: len(rows[r][2]) + len(rows[r][3]), reverse=True)
     scores = [[0.0] * len(options) for options in choices]
-    for start in tqdm(
-        range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch", leave=False
-    ):
-        batch = [rows[r] for r in order[start : start + batch_size]]
-        input_ids, attention_mask, targets = causal_lm_batch(batch, pad_id)
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-        sums = token_log_prob_sums(logits, targets.to(device)).cpu().tolist()
-        for (example, index, _, choice), total in zip(batch, sums):
-            scores[example][index] = total / len(choice) if length_normalize else total
+    multi_token = {example for example, _, _, choice in rows if len(choice) > 1}
+    one_token = [row for row in rows if row[0] not in multi_token]
+    rows = [row for row in rows if row[0] in multi_token]
+    prompt_passes = _prompt_passes(one_token, batch_size)
+    order = sorted(range(len(rows)), key=lambda r: len(rows[r][2]) + len(rows[r][3]), reverse=True)
+    row_passes = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    with tqdm(
+        total=len(prompt_passes) + len(row_passes), desc=desc, disable=not progress, unit="batch", leave=False
+    ) as bar:
+        for batch in prompt_passes:
+            input_ids, attention_mask = right_padded([prompt for prompt, _ in batch], pad_id)
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+            last = logits[torch.arange(len(batch)), attention_mask.sum(dim=1).to(device) - 1]
+            log_probs = torch.log_softmax(last.float(), dim=-1).cpu()
+            for row, (_, options) in enumerate(batch):
+                for example, index, token in options:
+                    scores[example][index] = log_probs[row, token].item()
+            bar.update()
+        for batch in ([rows[r] for r in indices] for indices in row_passes):
+            input_ids, attention_mask, targets = causal_lm_batch(batch, pad_id)
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+            sums = token_log_prob_sums(logits, targets.to(device)).cpu().tolist()
+            for (example, index, _, choice), total in zip(batch, sums):
+                scores[example][index] = total / len(choice) if length_normalize else total
+            bar.update()
     return scores
+
+
+def _prompt_passes(rows, batch_size: int) -> list[list[tuple[list[int], list[tuple[int, int, int]]]]]:
+    """The one-token-choice rows grouped by example into (prompt ids, [(example, choice index, token)]),
+    longest prompt first, `batch_size` prompts per forward pass."""
+    by_example: dict[int, tuple[list[int], list[tuple[int, int, int]]]] = {}
+    for example, index, prompt, choice in rows:
+        by_example.setdefault(example, (prompt, []))[1].append((example, index, choice[0]))
+    prompts = sorted(by_example.values(), key=lambda entry: len(entry[0]), reverse=True)
+    return [prompts[start : start + batch_size] for start in range(0, len(prompts), batch_size)]
 
 
 def rank_classification(

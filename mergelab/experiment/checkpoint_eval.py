@@ -260,6 +260,7 @@ def evaluate_checkpoint(job: EvalJob) -> pd.DataFrame:
         "expert_set": merged.get("expert_set", ""),
         "n_experts": merged.get("n_experts", 0),
         "subset_seed": 0,
+        "replicate": 0,
         "reference": math.nan,
         "normalized": math.nan,
         "multitask_reference": math.nan,

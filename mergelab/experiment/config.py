@@ -41,6 +41,8 @@ class ExpertsConfig:
 
     `init: different` takes the zoo experts alternately (in category order) from the base of init 0 and
     from the independently initialized base of init 1 (`mergelab zoo build init=1`); `shared`: all from init 0.
+    `replicate` r > 0 takes every zoo expert from its r-th independent fine-tuning run instead (the same
+    base, another seed; `mergelab zoo build replicate=r`), so that studies can average over expert sets.
     """
 
     source: Literal["zoo", "paths"]
@@ -48,6 +50,7 @@ class ExpertsConfig:
     init: Literal["shared", "different"]
     n_experts: int
     subset_seed: int
+    replicate: int
     categories: list[str] | None
     paths: dict[str, str] | None
     multitask: str | None
@@ -282,6 +285,8 @@ def config_hash(config: RunConfig, categories: list[str]) -> str:
     experts["categories"] = categories
     if experts["init"] == "shared":
         del experts["init"]  # the default before `init` existed: earlier runs keep their hashes
+    if experts["replicate"] == 0:
+        del experts["replicate"]  # likewise for the default expert replicate
     if config.experts.categories is not None or len(categories) == len(available_categories(config)):
         experts["subset_seed"] = None  # the seed chose nothing: every seed names the same run
     if experts["paths"]:
@@ -348,6 +353,16 @@ def validate(composed: Any) -> RunSpec:
             raise ConfigError(
                 "experts.init: 'different' needs experts.base_kind=base (the second zoo init has no it base)"
             )
+        if config.experts.replicate not in zoo.REPLICATES:
+            raise ConfigError(
+                f"experts.replicate: {config.experts.replicate!r} is not allowed; "
+                f"allowed: {', '.join(map(str, zoo.REPLICATES))}"
+            )
+        if config.experts.replicate and config.experts.init != "shared":
+            raise ConfigError(
+                "experts.replicate: replicates are fine-tuned from the init-0 base; allowed with "
+                "experts.init=different: 0"
+            )
     else:
         if not config.model.path:
             raise ConfigError(f"model.path: required for the hub preset {config.model.name!r}")
@@ -355,6 +370,8 @@ def validate(composed: Any) -> RunSpec:
             raise ConfigError("experts.source: 'zoo' is not allowed with a hub model; allowed: paths")
         if config.experts.init != "shared":
             raise ConfigError("experts.init: 'different' is for zoo experts; allowed with paths: shared")
+        if config.experts.replicate:
+            raise ConfigError("experts.replicate: replicates are zoo experts; allowed with paths: 0")
     if not (config.eval.held_in or config.eval.held_out):
         raise ConfigError("eval: held_in and held_out are both false; allowed: at least one true")
     for name, grid in config.select_grid.items():

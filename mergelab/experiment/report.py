@@ -33,6 +33,7 @@ RUN_KEYS = [
     "hyperparameters",
     "n_experts",
     "subset_seed",
+    "replicate",
     "expert_set",
 ]
 CONFIG_KEYS = ["model", "parameters", "base_kind", "method", "n_experts"]

@@ -6,7 +6,8 @@ temporary file in the same directory and renamed into place, so a crash never le
 fragment; a run whose hash has a fragment is complete and is skipped on resume. `load(study)` gathers a
 study's fragments into one DataFrame with the schema below (one row per run, task and metric). Rows also
 carry the correctness of every evaluated example (list columns), from which `mergelab report` computes
-confidence intervals; tables written before those columns existed read back with them null.
+confidence intervals; tables written before those columns existed read back with them null (and with
+expert replicate 0, the only one before replicates were stored).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ SCHEMA = pa.schema(
         ("expert_set", pa.string()),  # comma-joined categories of the merged experts
         ("n_experts", pa.int64()),
         ("subset_seed", pa.int64()),
+        ("replicate", pa.int64()),  # the zoo experts' independent fine-tuning run (0: the default experts)
         ("task", pa.string()),
         ("category", pa.string()),
         ("group", pa.string()),  # held_in | held_out
@@ -67,8 +69,8 @@ SCHEMA = pa.schema(
 )
 COLUMNS = SCHEMA.names
 LIST_COLUMNS = [field.name for field in SCHEMA if pa.types.is_list(field.type)]
-# columns added with per-example correctness: rows from before them (read without the schema) lack them
-LATER_COLUMNS = ["chance", "chance_corrected", *LIST_COLUMNS]
+# columns added with per-example correctness and expert replicates: rows from before them lack them
+LATER_COLUMNS = ["chance", "chance_corrected", *LIST_COLUMNS, "replicate"]
 
 
 class ResultsError(ValueError):
@@ -149,11 +151,12 @@ def read_fragment(path: Path) -> pd.DataFrame:
                 f"{path}: not a mergelab results fragment of this schema (missing columns {missing}, "
                 f"unknown {unknown}, other types {retyped})"
             )
-        return pq.read_table(path, schema=SCHEMA).to_pandas()
+        rows = pq.read_table(path, schema=SCHEMA).to_pandas()
     except (pa.ArrowException, OSError) as error:
         raise ResultsError(
             f"{path}: not a readable results fragment (truncated or not parquet: {error})"
         ) from None
+    return rows.assign(replicate=rows["replicate"].fillna(0).astype("int64"))  # older rows: replicate 0
 
 
 def empty_frame() -> pd.DataFrame:

@@ -70,17 +70,22 @@ def locate_models(spec: RunSpec) -> RunModels:
     size, kind = config.model.size, config.experts.base_kind
     # experts.init=different: the i-th merged expert (category order) comes from zoo init i % 2
     inits = [index % 2 if config.experts.init == "different" else 0 for index in range(len(spec.categories))]
+    replicate = config.experts.replicate
     models = RunModels(
         str(zoo.model_path(size, kind, "base")),
-        {c: str(zoo.model_path(size, kind, "expert", c, init=i)) for c, i in zip(spec.categories, inits)},
+        {
+            c: str(zoo.model_path(size, kind, "expert", c, init=i, replicate=replicate))
+            for c, i in zip(spec.categories, inits)
+        },
         str(zoo.model_path(size, kind, "multitask")),
     )
     for path in [models.base, *models.experts.values(), models.multitask]:
         if not (Path(path) / "config.json").is_file():
-            init = " init=1" if "/init1/" in Path(path).as_posix() else ""
+            option = " init=1" if "/init1/" in Path(path).as_posix() else ""
+            option += f" replicate={replicate}" if f"/experts_r{replicate}/" in Path(path).as_posix() else ""
             raise ConfigError(
                 f"model.size: zoo size '{size}' is not built ({path}); "
-                f"run `mergelab zoo build size={size}{init}`"
+                f"run `mergelab zoo build size={size}{option}`"
             )
     return models
 
@@ -333,6 +338,7 @@ def execute(spec: RunSpec) -> pd.DataFrame:
         "expert_set": ",".join(spec.categories),
         "n_experts": len(spec.categories),
         "subset_seed": config.experts.subset_seed,
+        "replicate": config.experts.replicate,
         "merge_seconds": report.seconds,
         "eval_seconds": eval_seconds,
         "peak_memory_bytes": peak_memory_bytes(device, report.peak_device_bytes),

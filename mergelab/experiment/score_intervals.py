@@ -10,7 +10,8 @@ alike: a draw's normalized score is (merged accuracy / reference accuracy) on th
 
 A run's score in a draw is aggregated like its observed score (mean within category, then across
 categories; tasks whose reference is 0 left out), and a configuration's score is the mean over its runs
-weighted by the draw's resample of expert subsets (identified by subset seed).
+weighted by the draw's resample of expert draws (`subset_keys`: the subset seed, with the expert
+replicate when there are several independently fine-tuned expert sets).
 """
 
 from __future__ import annotations
@@ -111,15 +112,27 @@ def study_run_draws(rows: pd.DataFrame, bootstrap: PairedBootstrap) -> RunDraws:
     }
 
 
+def subset_keys(runs: pd.DataFrame) -> list:
+    """The expert draw of each run, the unit the bootstrap resamples beside the test examples: its subset
+    seed, or (replicate, subset seed) for experts of replicate > 0 (replicate-0 runs keep their plain seed,
+    so a study of the default experts resamples exactly as before replicates existed)."""
+    replicates = runs["replicate"] if "replicate" in runs else [0] * len(runs)
+    return [
+        seed if replicate == 0 else (int(replicate), seed)
+        for seed, replicate in zip(runs["subset_seed"], replicates)
+    ]
+
+
 def runs_mean_draws(
     runs: pd.DataFrame, draws: RunDraws, score: str, bootstrap: PairedBootstrap
 ) -> np.ndarray:
     """Per draw, the mean of `score` over `runs` (rows of a run summary) with each run weighted by how
-    often the draw resampled its subset seed (runs that share a seed, e.g. variants pooled in one table
-    row, share its weight; with every weight 1 this is the plain mean)."""
+    often the draw resampled its expert draw (`subset_keys`; runs that share one, e.g. variants pooled in
+    one table row, share its weight; with every weight 1 this is the plain mean)."""
     stacked = np.stack([draws[config_hash][score] for config_hash in runs["config_hash"]], axis=1)
-    seeds = list(dict.fromkeys(runs["subset_seed"]))
-    weights = bootstrap.subset_weights(seeds)[:, [seeds.index(seed) for seed in runs["subset_seed"]]]
+    keys = subset_keys(runs)
+    distinct = list(dict.fromkeys(keys))
+    weights = bootstrap.subset_weights(distinct)[:, [distinct.index(key) for key in keys]]
     return subset_mean(stacked, weights)
 
 

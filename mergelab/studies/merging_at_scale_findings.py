@@ -2,9 +2,9 @@
 spread across expert subsets and, when the rows carry per-example correctness, their 95% interval and
 verdict.
 
-Seed views: the runs of one subset seed, together with the runs whose configuration has a single subset
-(all experts merged), form one view; every statistic is computed on each view and reported as mean
-[min, max] over the views. Runs with the same subset seed and expert count merge the same categories
+Seed views: the runs of one subset seed (of one expert replicate), together with that replicate's runs
+whose configuration has a single subset (all experts merged), form one view; every statistic is computed
+on each view and reported as mean [min, max] over the views. Runs with the same subset seed and expert count merge the same categories
 whatever the base kind or method, so comparisons within a view are paired.
 
 Statistics are vectorized over bootstrap draws: a view is a table of configurations (rows) by (score,
@@ -38,21 +38,46 @@ KIND_LABELS = {"base": "pretrained base", "it": "IT base"}
 Statistic = Callable[[pd.DataFrame], np.ndarray]
 
 
+def _replicates(summary: pd.DataFrame) -> pd.Series:
+    """Each run's expert replicate (0 where the summary predates replicates)."""
+    if "replicate" not in summary:
+        return pd.Series(0, index=summary.index)
+    return summary["replicate"].astype(int)
+
+
+def _single_subset(summary: pd.DataFrame) -> pd.Series:
+    """Runs whose configuration has one run within its expert replicate (e.g. all experts merged)."""
+    keys = [summary[key] for key in CONFIG_KEYS] + [_replicates(summary)]
+    return summary.groupby(keys)["config_hash"].transform("size") == 1
+
+
 def seed_views(summary: pd.DataFrame) -> list[pd.DataFrame]:
-    """One table per subset seed: that seed's runs plus the runs of single-subset configurations."""
-    sizes = summary.groupby(CONFIG_KEYS)["config_hash"].transform("size")
-    shared = summary[sizes == 1]
-    seeds = view_seeds(summary)
-    if seeds == [None]:
+    """One table per expert draw (`view_seeds`): that draw's runs plus the single-subset runs of its
+    replicate."""
+    keys = view_seeds(summary)
+    if keys == [None]:
         return [summary]
-    return [pd.concat([summary[(sizes > 1) & (summary["subset_seed"] == seed)], shared]) for seed in seeds]
+    single, replicates = _single_subset(summary), _replicates(summary)
+    views = []
+    for key in keys:
+        replicate, seed = key if isinstance(key, tuple) else (0, key)
+        own = ~single & (replicates == replicate) & (summary["subset_seed"] == seed)
+        views.append(summary[own | (single & (replicates == replicate))])
+    return views
 
 
 def view_seeds(summary: pd.DataFrame) -> list:
-    """The subset seed of each seed view ([None]: one view, no configuration has several subsets)."""
-    sizes = summary.groupby(CONFIG_KEYS)["config_hash"].transform("size")
-    seeds = sorted(summary.loc[sizes > 1, "subset_seed"].unique())
-    return [int(seed) for seed in seeds] or [None]
+    """The key of each seed view, the unit the bootstrap resamples: the subset seed for the default
+    experts (replicate 0), (replicate, seed) for another replicate, seed None for a replicate whose
+    configurations each have one subset ([None]: a single view)."""
+    single, replicates = _single_subset(summary), _replicates(summary)
+    keys = []
+    for replicate in sorted(replicates.unique()):
+        seeds = sorted(summary.loc[~single & (replicates == replicate), "subset_seed"].unique())
+        keys += [
+            seed if replicate == 0 else (int(replicate), seed) for seed in [int(s) for s in seeds] or [None]
+        ]
+    return keys
 
 
 def observed_table(view: pd.DataFrame) -> pd.DataFrame:

@@ -122,14 +122,17 @@ def ablation_tables(
     draws: RunDraws | None = None,
     match: Callable[..., pd.Series] = _matches,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per condition (model, base kind) each variant's scores and their change in points (x100) against
-    the first variant; and per variant the mean [min, max] change over conditions. `match(runs, *value)`
+    """Per condition (model, base kind, and expert replicate when the runs hold several) each variant's
+    scores and their change in points (x100) against the first variant; and per variant the mean [min, max] change over conditions. `match(runs, *value)`
     finds a variant's runs from its entry in `variants`. With the runs' bootstrap `draws` (paired: the
     same resampled examples for every run), each change also gets its 95% interval (`_95ci`), and each
     variant's mean change its interval and the verdict against the paper, which finds every other variant
     below the first (leaving out any step or the scale search, or another method than TIES)."""
     records, changes = [], []
-    for (model, kind), condition in runs.groupby(["model", "base_kind"], sort=True):
+    keys = ["model", "base_kind"] + (
+        ["replicate"] if runs.get("replicate", pd.Series(0)).nunique() > 1 else []
+    )
+    for values, condition in runs.groupby(keys, sort=True):
         reference = None
         for variant, (options, selection) in variants.items():
             found = condition[match(condition, options, selection)]
@@ -138,8 +141,7 @@ def ablation_tables(
             run = found.iloc[0]
             reference = run if reference is None else reference
             record = {
-                "model": model,
-                "base_kind": kind,
+                **dict(zip(keys, values)),
                 "variant": variant,
                 "scale": run["scale"],
                 **{score: run[score] for score in SCORES},

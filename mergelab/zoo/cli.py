@@ -6,16 +6,18 @@ import json
 import sys
 
 from mergelab.zoo.cache import ZooError, read_manifest, zoo_home
-from mergelab.zoo.ladder import INITS, LADDER, SIZES, build, component_paths, model_path
+from mergelab.zoo.ladder import INITS, LADDER, REPLICATES, SIZES, build, component_paths, model_path
 from mergelab.zoo.suite import load_suite
 
-USAGE = """usage: mergelab zoo build size=NAME|all [device=auto|cpu|cuda] [init=0|1] [jobs=N]
+USAGE = """usage: mergelab zoo build size=NAME|all [device=auto|cpu|cuda] [init=0|1] [replicate=0|1] [jobs=N]
        mergelab zoo list
 
 Builds (once, seeded, resumable) the offline model zoo under $MERGELAB_HOME/zoo (default ~/.cache/mergelab):
 for each size a base, an instruction-tuned base, an expert per held-in category from each, and a multitask
 baseline from each. init=1 builds instead a second, independently initialized base of the size and an
-expert per held-in category from it (for merging experts without a shared base). jobs=N trains the
+expert per held-in category from it (for merging experts without a shared base). replicate=1 trains
+every expert of both bases again with another seed (an independent expert set, for studies that average
+over fine-tuning runs). jobs=N trains the
 components that start from a finished base in N processes at once on the CPU (the same weights as jobs=1;
 default: 1). Sizes: """ + ", ".join(SIZES)
 
@@ -30,10 +32,10 @@ def parse_options(args: list[str], allowed: set[str]) -> dict[str, str]:
     return options
 
 
-def parse_init(text: str) -> int:
-    """The `init=` option as an int, or a ZooError naming the valid values."""
-    if text not in {str(init) for init in INITS}:
-        raise ZooError(f"unknown option value 'init={text}'; valid: {', '.join(map(str, INITS))}")
+def parse_choice(name: str, text: str, valid: tuple[int, ...]) -> int:
+    """An integer option (`init=`, `replicate=`) as an int, or a ZooError naming the valid values."""
+    if text not in {str(value) for value in valid}:
+        raise ZooError(f"unknown option value '{name}={text}'; valid: {', '.join(map(str, valid))}")
     return int(text)
 
 
@@ -82,13 +84,14 @@ def main(argv: list[str]) -> int:
             return 0
         if argv[0] != "build":
             raise ZooError(f"unknown zoo command '{argv[0]}'; valid: build, list")
-        options = parse_options(argv[1:], {"size", "device", "init", "jobs"})
+        options = parse_options(argv[1:], {"size", "device", "init", "replicate", "jobs"})
         size = options.get("size", LADDER[0])
         sizes = LADDER if size == "all" else [size]
-        init = parse_init(options.get("init", "0"))
+        init = parse_choice("init", options.get("init", "0"), INITS)
+        replicate = parse_choice("replicate", options.get("replicate", "0"), REPLICATES)
         jobs = parse_jobs(options.get("jobs", "1"))
         for name in sizes:
-            build(name, device=options.get("device", "auto"), init=init, jobs=jobs)
+            build(name, device=options.get("device", "auto"), init=init, jobs=jobs, replicate=replicate)
         return 0
     except ZooError as error:
         print(f"mergelab zoo: error: {error}", file=sys.stderr)

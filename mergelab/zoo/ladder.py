@@ -5,6 +5,10 @@ A size can also have a second, independently initialized base (`init=1`: another
 the pretraining data order) with its own experts, for merging experts that do not share a base (PLeaS).
 Its components live under `<size>/init1/`; the default `init=0` paths and manifests are unchanged.
 
+A size can also have further replicates of its experts (`replicate=1`: every expert of both bases trained
+again from the same base with another seed, i.e. another data order), so that a study can tell the effect
+of a merge from the luck of one fine-tuning run. Replicate r's experts live under `<kind>/experts_r<r>/`.
+
 A component is rebuilt when its directory is missing or its manifest's weight digest does not match, so an
 interrupted or corrupted build resumes where it stopped.
 """
@@ -40,6 +44,8 @@ BASE_KINDS = ("base", "it")
 ROLES = ("base", "expert", "multitask")
 INITS = (0, 1)  # init 1: a second pretrain from another seed, with only its base and experts
 INIT_SEED_STEP = 1000  # the pretrain seed of init i is spec.seed + INIT_SEED_STEP * i
+REPLICATES = (0, 1)  # independently fine-tuned copies of every expert (replicate 0: the default experts)
+REPLICATE_SEED_STEP = 1000  # the fine-tuning seed of an expert of replicate r is its seed + this * r
 # Times each train example of a task is repeated in a fine-tuning mixture: the generative tasks that need
 # the most steps get more of them (the other task of their category is a classification).
 TASK_WEIGHTS = {"reverse_words": 2}
@@ -156,18 +162,21 @@ def size_config(spec: SizeSpec, vocab_size: int, **token_ids: int | None) -> Lla
     )
 
 
-def model_path(size: str, base_kind: str, role: str, category: str | None = None, init: int = 0) -> Path:
-    """Directory of one zoo component (see the module docstring for the roles and inits)."""
+def model_path(
+    size: str, base_kind: str, role: str, category: str | None = None, init: int = 0, replicate: int = 0
+) -> Path:
+    """Directory of one zoo component (see the module docstring for the roles, inits and replicates)."""
     if size not in SIZES:
         raise ZooError(f"unknown zoo size '{size}'; valid: {list(SIZES)}")
     if base_kind not in BASE_KINDS or role not in ROLES:
         raise ZooError(f"base_kind must be one of {BASE_KINDS} and role one of {ROLES}")
     check_init(init, base_kind, role)
+    check_replicate(replicate, init, role)
     root = zoo_home() / size / (f"init{init}" if init else "") / base_kind
     if role == "expert":
         if category is None:
             raise ZooError("an expert needs its category")
-        return root / "experts" / category
+        return root / (f"experts_r{replicate}" if replicate else "experts") / category
     return root / role
 
 
@@ -179,6 +188,16 @@ def check_init(init: int, base_kind: str = "base", role: str = "base") -> None:
         raise ZooError(
             f"zoo init {init} has only base_kind 'base' with roles 'base' and 'expert' "
             f"(asked for {base_kind}/{role})"
+        )
+
+
+def check_replicate(replicate: int, init: int = 0, role: str = "expert") -> None:
+    """Replicates exist for the experts of init 0 only; anything else is an error naming it."""
+    if replicate not in REPLICATES:
+        raise ZooError(f"unknown zoo replicate {replicate!r}; valid: {list(REPLICATES)}")
+    if replicate and (init or role != "expert"):
+        raise ZooError(
+            f"zoo replicate {replicate} has only experts of init 0 (asked for init {init}, role {role})"
         )
 
 
@@ -257,8 +276,11 @@ def _build_environment(spec: SizeSpec, compute: torch.device) -> Iterator[None]:
         datasets.enable_progress_bars()
 
 
-def build(size: str, device: str = "auto", progress: bool = True, init: int = 0, jobs: int = 1) -> list[dict]:
-    """Build every missing component of `size` (of its second base with `init=1`); returns their manifests.
+def build(
+    size: str, device: str = "auto", progress: bool = True, init: int = 0, jobs: int = 1, replicate: int = 0
+) -> list[dict]:
+    """Build every missing component of `size` (of its second base with `init=1`; the bases and the experts
+    of expert replicate `replicate` with `replicate` > 0); returns their manifests.
 
     With `jobs` > 1 on the CPU, the components that start from a finished base (experts, multitask) train
     in that many worker processes at once, each at the size's thread count: every component is seeded on
@@ -268,24 +290,26 @@ def build(size: str, device: str = "auto", progress: bool = True, init: int = 0,
     if spec is None:
         raise ZooError(f"unknown zoo size '{size}'; valid: {list(SIZES)}")
     check_init(init)
+    check_replicate(replicate, init)
     if jobs < 1:
         raise ZooError(f"jobs must be a positive number of worker processes, got {jobs}")
     compute = resolve_device(device)
     if jobs > 1 and compute.type == "cpu":
-        _build_in_parallel(size, spec, compute, progress, init, jobs)
+        _build_in_parallel(size, spec, compute, progress, init, jobs, replicate)
     with _build_environment(spec, compute):
-        report = _build_components(size, spec, compute, progress, init)
+        report = _build_components(size, spec, compute, progress, init, replicate=replicate)
     total = sum(entry["seconds"] for entry in report)
     if progress:
         print(
-            f"zoo size {size}{f' init {init}' if init else ''}: {len(report)} components ready "
+            f"zoo size {size}{f' init {init}' if init else ''}{f' replicate {replicate}' if replicate else ''}: "
+            f"{len(report)} components ready "
             f"({total:.0f} s of training on {compute}) in {zoo_home() / size / (f'init{init}' if init else '')}"
         )
     return report
 
 
 def _build_in_parallel(
-    size: str, spec: SizeSpec, compute: torch.device, progress: bool, init: int, jobs: int
+    size: str, spec: SizeSpec, compute: torch.device, progress: bool, init: int, jobs: int, replicate: int
 ) -> None:
     """Train the bases here, then the remaining components in `jobs` worker processes, one task each."""
     with _build_environment(spec, compute):
@@ -293,12 +317,12 @@ def _build_in_parallel(
         _build_components(size, spec, compute, progress, init, only=bases)
     missing = [
         name
-        for name, path in component_paths(size, init).items()
+        for name, path in component_paths(size, init, replicate).items()
         if name not in bases and read_manifest(path) is None
     ]
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
-        futures = [pool.submit(_build_share, size, str(compute), init, {name}) for name in missing]
+        futures = [pool.submit(_build_share, size, str(compute), init, replicate, {name}) for name in missing]
         done = concurrent.futures.as_completed(futures)
         for future in tqdm(
             done, total=len(futures), desc=f"{size} components ({jobs} jobs)", disable=not progress
@@ -306,16 +330,22 @@ def _build_in_parallel(
             future.result()
 
 
-def _build_share(size: str, device: str, init: int, names: set[str]) -> None:
+def _build_share(size: str, device: str, init: int, replicate: int, names: set[str]) -> None:
     """One task of `_build_in_parallel`: train the named components of `size` (quietly)."""
     spec = SIZES[size]
     compute = torch.device(device)
     with _build_environment(spec, compute):
-        _build_components(size, spec, compute, False, init, only=names)
+        _build_components(size, spec, compute, False, init, only=names, replicate=replicate)
 
 
-def component_paths(size: str, init: int = 0) -> dict[str, Path]:
-    """Each component of a size by the name its manifest carries, in build order."""
+def expert_name(base_kind: str, category: str, replicate: int = 0) -> str:
+    """The component name (in manifests and build progress) of an init-0 expert."""
+    return f"{base_kind}/expert{f'_r{replicate}' if replicate else ''}/{category}"
+
+
+def component_paths(size: str, init: int = 0, replicate: int = 0) -> dict[str, Path]:
+    """Each component of a size by the name its manifest carries, in build order (with `replicate` > 0:
+    the two bases and that replicate's experts)."""
     categories = load_suite().held_in_categories
     if init:
         return {f"init{init}/base": model_path(size, "base", "base", init=init)} | {
@@ -325,8 +355,11 @@ def component_paths(size: str, init: int = 0) -> dict[str, Path]:
     paths = {"base": model_path(size, "base", "base"), "it": model_path(size, "it", "base")}
     for base_kind in BASE_KINDS:
         for category in categories:
-            paths[f"{base_kind}/expert/{category}"] = model_path(size, base_kind, "expert", category)
-        paths[f"{base_kind}/multitask"] = model_path(size, base_kind, "multitask")
+            paths[expert_name(base_kind, category, replicate)] = model_path(
+                size, base_kind, "expert", category, replicate=replicate
+            )
+        if not replicate:
+            paths[f"{base_kind}/multitask"] = model_path(size, base_kind, "multitask")
     return paths
 
 
@@ -337,12 +370,18 @@ def _build_components(
     progress: bool,
     init: int = 0,
     only: set[str] | None = None,
+    replicate: int = 0,
 ) -> list[dict]:
-    """Train the missing components of a size in order (only those named in `only`, when given)."""
+    """Train the missing components of a size in order (only those named in `only`, when given); with
+    `replicate` > 0 the bases and that replicate's experts, without multitask baselines."""
     tokenizer = build_tokenizer()
     suite = load_suite()
     report: list[dict] = []
-    common = {"size": size, "device": str(compute), "spec": asdict(spec)} | ({"init": init} if init else {})
+    common = (
+        {"size": size, "device": str(compute), "spec": asdict(spec)}
+        | ({"init": init} if init else {})
+        | ({"replicate": replicate} if replicate else {})
+    )
     pretrain_seed = spec.seed + INIT_SEED_STEP * init
     encoded: dict[str, list[tuple[list[int], list[int]]]] = {}
 
@@ -440,18 +479,20 @@ def _build_components(
         start = model_path(size, base_kind, "base")
         for index, category in enumerate(suite.held_in_categories):
             _component(
-                model_path(size, base_kind, "expert", category),
-                f"{base_kind}/expert/{category}",
+                model_path(size, base_kind, "expert", category, replicate=replicate),
+                expert_name(base_kind, category, replicate),
                 finetune(
                     start,
                     suite.tasks_in(category),
                     spec.expert_steps,
-                    100 + 10 * kind_index + index,
-                    f"{size} {base_kind} expert {category}",
+                    100 + 10 * kind_index + index + REPLICATE_SEED_STEP * replicate,
+                    f"{size} {base_kind} expert {category}{f' r{replicate}' if replicate else ''}",
                 ),
                 report,
                 only,
             )
+        if replicate:
+            continue
         _component(
             model_path(size, base_kind, "multitask"),
             f"{base_kind}/multitask",
@@ -468,4 +509,14 @@ def _build_components(
     return report
 
 
-__all__ = ["BASE_KINDS", "INITS", "LADDER", "SIZES", "SizeSpec", "TaskSuite", "build", "model_path"]
+__all__ = [
+    "BASE_KINDS",
+    "INITS",
+    "LADDER",
+    "REPLICATES",
+    "SIZES",
+    "SizeSpec",
+    "TaskSuite",
+    "build",
+    "model_path",
+]
