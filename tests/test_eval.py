@@ -198,6 +198,7 @@ def test_batched_scores_equal_unpadded_scores_whatever_the_batch_composition(tok
     for position, example in enumerate(shuffled):
         assert reordered[position] == pytest.approx(expected[example], abs=1e-4)
 
+
 def test_one_token_choices_are_scored_from_one_pass_per_prompt_with_the_same_scores(tokenizer):
     model = random_llama(tokenizer)
     rng = random.Random(1)
