@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from mergelab.experiment.zoo_card import evaluate_size, load_size_scores, render_card
+from mergelab.experiment.zoo_card import add_replicate_scores, evaluate_size, load_size_scores, render_card
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,6 +24,11 @@ def main() -> int:
     parser.add_argument(
         "--cached", action="store_true", help="re-render from the scores saved by an earlier evaluation"
     )
+    parser.add_argument(
+        "--add-replicates",
+        action="store_true",
+        help="with --cached: first score the experts of replicates built since (mergelab zoo build replicate=1)",
+    )
     parser.add_argument("--note", action="append", default=[], help="a note for the card (repeatable)")
     parser.add_argument(
         "--threads",
@@ -34,6 +39,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "results" / "zoo" / "README.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.cached and args.add_replicates:
+        for size in args.sizes:
+            add_replicate_scores(size)
     ladder = [
         load_size_scores(size) if args.cached else evaluate_size(size, args.max_examples)
         for size in args.sizes

@@ -67,3 +67,14 @@ def test_expert_gate_accepts_thirty_points_over_base_and_loss_must_fall_along_th
     results = {gate: (ok, text) for gate, ok, text in gates(ladder, suite)}
     assert results["xs: every expert >= 0.9 on its category (or +0.30 over both bases)"][0]
     assert results["pretraining val loss falls along the ladder"] == (False, "xs 2.000 > s 2.100")
+
+
+def test_expert_gate_covers_the_experts_of_every_replicate():
+    suite = tiny_suite()
+    size = scores("xs", 2.0, 0.95, 0.5)
+    size.expert_own["it r1"] = {"a": 0.93, "b": 0.6}  # 0.6 is only +0.10 over the best base on b
+    results = {gate: (ok, text) for gate, ok, text in gates([size], suite)}
+    assert results["xs: every expert >= 0.9 on its category (or +0.30 over both bases)"] == (
+        False,
+        "failing: it r1/b 0.60",
+    )

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from mergelab.api.merging import load_merged_model, merge
 from mergelab.eval import aggregate, evaluate_task
 from mergelab.zoo.cache import read_manifest, zoo_home
-from mergelab.zoo.ladder import BASE_KINDS, model_path
+from mergelab.zoo.ladder import BASE_KINDS, REPLICATES, model_path
 from mergelab.zoo.suite import TaskSuite, load_suite, load_task
 
 
@@ -22,7 +22,8 @@ class SizeScores:
     val_loss: float
     train_seconds: float
     device: str
-    expert_own: dict[str, dict[str, float]]  # base_kind -> category -> mean accuracy on its own tasks
+    # expert set (base kind, "<base kind> r<n>" for replicate n) -> category -> mean accuracy on own tasks
+    expert_own: dict[str, dict[str, float]]
     models: dict[str, dict[str, float]]  # model label -> task -> score
     examples: int = 200  # test examples per task behind each score
 
@@ -45,6 +46,57 @@ def score_model(model, tokenizer, tasks: list[str], suite: TaskSuite, max_exampl
     }
 
 
+def expert_set_label(base_kind: str, replicate: int = 0) -> str:
+    """The card's name of one base kind's experts of one replicate ("base", "it r1")."""
+    return f"{base_kind} r{replicate}" if replicate else base_kind
+
+
+def built_replicates(size: str) -> list[int]:
+    """The expert replicates beyond 0 whose sixteen experts are all built for `size`."""
+    categories = load_suite().held_in_categories
+    return [
+        replicate
+        for replicate in REPLICATES[1:]
+        if all(
+            read_manifest(model_path(size, kind, "expert", category, replicate=replicate)) is not None
+            for kind in BASE_KINDS
+            for category in categories
+        )
+    ]
+
+
+def expert_own_scores(
+    size: str, base_kind: str, replicate: int, tokenizer, suite: TaskSuite, max_examples: int
+) -> dict[str, float]:
+    """Each expert of one base kind and replicate on its own category's tasks (mean over the tasks)."""
+    scores = {}
+    for category in suite.held_in_categories:
+        path = model_path(size, base_kind, "expert", category, replicate=replicate)
+        own = score_model(
+            AutoModelForCausalLM.from_pretrained(path),
+            tokenizer,
+            suite.tasks_in(category),
+            suite,
+            max_examples,
+        )
+        scores[category] = sum(own.values()) / len(own)
+    return scores
+
+
+def add_replicate_scores(size: str) -> None:
+    """Score the experts of every built replicate > 0 into the scores an earlier `evaluate_size` saved."""
+    path = zoo_home() / size / "scores.json"
+    saved = json.loads(path.read_text())
+    suite = load_suite()
+    tokenizer = AutoTokenizer.from_pretrained(model_path(size, "base", "base"))
+    for replicate in built_replicates(size):
+        for base_kind in BASE_KINDS:
+            saved["experts"][expert_set_label(base_kind, replicate)] = expert_own_scores(
+                size, base_kind, replicate, tokenizer, suite, saved.get("examples", 200)
+            )
+    path.write_text(json.dumps(saved))
+
+
 def evaluate_size(size: str, max_examples: int = 200) -> SizeScores:
     """Evaluate every component of a built size on the test splits, plus an 8-expert average per base."""
     suite = load_suite()
@@ -59,11 +111,10 @@ def evaluate_size(size: str, max_examples: int = 200) -> SizeScores:
                 AutoModelForCausalLM.from_pretrained(path), tokenizer, all_tasks, suite, max_examples
             )
         expert_paths = [model_path(size, base_kind, "expert", c) for c in suite.held_in_categories]
-        expert_own[base_kind] = {}
-        for category, path in zip(suite.held_in_categories, expert_paths):
-            model = AutoModelForCausalLM.from_pretrained(path)
-            own = score_model(model, tokenizer, suite.tasks_in(category), suite, max_examples)
-            expert_own[base_kind][category] = sum(own.values()) / len(own)
+        for replicate in [0, *built_replicates(size)]:
+            expert_own[expert_set_label(base_kind, replicate)] = expert_own_scores(
+                size, base_kind, replicate, tokenizer, suite, max_examples
+            )
         base_path = model_path(size, base_kind, "base")
         merged = load_merged_model(base_path, merge(base_path, expert_paths, "average", progress=False))
         models[f"{base_kind}/average8"] = score_model(merged, tokenizer, all_tasks, suite, max_examples)
@@ -128,12 +179,12 @@ def gates(ladder: list[SizeScores], suite: TaskSuite) -> list[tuple[str, bool, s
     results = []
     for scores in ladder:
         worst = []
-        for base_kind in BASE_KINDS:
-            for category, own in scores.expert_own[base_kind].items():
+        for expert_set, own_scores in scores.expert_own.items():
+            for category, own in own_scores.items():
                 best_base = max(
                     _mean(scores.models[f"{k}/base"][t] for t in suite.tasks_in(category)) for k in BASE_KINDS
                 )
-                worst.append((own >= 0.9 or own - best_base >= 0.3, f"{base_kind}/{category} {own:.2f}"))
+                worst.append((own >= 0.9 or own - best_base >= 0.3, f"{expert_set}/{category} {own:.2f}"))
         failed = [text for ok, text in worst if not ok]
         results.append(
             (
@@ -214,14 +265,17 @@ def render_card(ladder: list[SizeScores], notes: list[str] | None = None) -> str
         "",
         "## Experts on their own category",
         "",
-        "| size | base kind | " + " | ".join(suite.held_in_categories) + " |",
+        "Expert sets: the experts of each base kind, and of each independently fine-tuned replicate of them "
+        "(`r1`: `mergelab zoo build size=NAME replicate=1`, another seed from the same base).",
+        "",
+        "| size | experts | " + " | ".join(suite.held_in_categories) + " |",
         "|---|---|" + "---:|" * len(suite.held_in_categories),
     ]
     for s in ladder:
-        for base_kind in BASE_KINDS:
+        for expert_set, own_scores in s.expert_own.items():
             lines.append(
-                f"| {s.size} | {base_kind} | "
-                + " | ".join(f"{s.expert_own[base_kind][c]:.2f}" for c in suite.held_in_categories)
+                f"| {s.size} | {expert_set} | "
+                + " | ".join(f"{own_scores[c]:.2f}" for c in suite.held_in_categories)
                 + " |"
             )
     lines += ["", "## Chance levels", "", "| task | group | category | chance |", "|---|---|---|---:|"]
