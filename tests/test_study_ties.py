@@ -160,3 +160,22 @@ def test_method_comparison_is_against_ties_at_its_defaults(tmp_path):
     assert "| +10.0 [+10.0, +10.0] |" in lines["task_arithmetic"]
     assert "| contradicted |" in lines["task_arithmetic"]
     assert "| +0.0 [+0.0, +0.0] |" in lines["TIES (scale 1)"]
+
+
+def test_each_expert_replicate_is_a_condition_of_its_own():
+    """w/o elect is 10 points below full TIES on replicate 0 and 30 below on replicate 1: the overall
+    change is their mean over the (model, base kind, replicate) conditions."""
+    from mergelab.studies.ties import ABLATION, ablation_tables
+
+    variants = {name: ABLATION[name] for name in ("TIES (scale searched)", "w/o elect")}
+    runs = []
+    for replicate, drop in ((0, 0.1), (1, 0.3)):
+        for name, observed in (("TIES (scale searched)", 0.5), ("w/o elect", 0.5 - drop)):
+            changes, selection = variants[name]
+            run = ablation_run(f"{name}{replicate}", "xs", changes, selection, observed)
+            runs.append(run | {"replicate": replicate})
+    per_condition, overall = ablation_tables(pd.DataFrame(runs).assign(scale=1.0), variants)
+    assert list(per_condition["replicate"]) == [0, 0, 1, 1]
+    at = overall.set_index("variant")
+    assert at.loc["w/o elect", "conditions"] == 2
+    assert at.loc["w/o elect", "d_held_in"] == "-20.0 [-30.0, -10.0]"

@@ -104,10 +104,17 @@ def _with_default_steps(runs: pd.DataFrame) -> pd.Series:
     return _ties_with(runs, {option: TIES_DEFAULTS[option] for option in steps})
 
 
+def _several_replicates(runs: pd.DataFrame) -> bool:
+    """Whether the runs merge experts of more than one independently fine-tuned replicate."""
+    return "replicate" in runs and runs["replicate"].nunique() > 1
+
+
 def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One line per run; options a method does not have are shown as '-'."""
-    columns = ["model", "base_kind", "method", "selection", *OPTIONS, *SCORES]
-    table = runs[columns].sort_values(["model", "base_kind", "method", "selection", "density", "scale"])
+    """One line per run (with its expert replicate when the runs hold several); options a method does not
+    have are shown as '-'."""
+    condition = ["model", "base_kind"] + (["replicate"] if _several_replicates(runs) else [])
+    columns = [*condition, "method", "selection", *OPTIONS, *SCORES]
+    table = runs[columns].sort_values([*condition, "method", "selection", "density", "scale"])
     for option in OPTIONS:
         table[option] = [
             "-" if value is None or (isinstance(value, float) and math.isnan(value)) else value
@@ -129,9 +136,7 @@ def ablation_tables(
     variant's mean change its interval and the verdict against the paper, which finds every other variant
     below the first (leaving out any step or the scale search, or another method than TIES)."""
     records, changes = [], []
-    keys = ["model", "base_kind"] + (
-        ["replicate"] if runs.get("replicate", pd.Series(0)).nunique() > 1 else []
-    )
+    keys = ["model", "base_kind"] + (["replicate"] if _several_replicates(runs) else [])
     for values, condition in runs.groupby(keys, sort=True):
         reference = None
         for variant, (options, selection) in variants.items():
