@@ -6,11 +6,11 @@ import json
 import shutil
 
 import pytest
-from safetensors.torch import load_file
 
 from mergelab import zoo
 from mergelab.zoo.cache import read_manifest
 from mergelab.zoo.cli import main as zoo_main
+from tests.zoo_fixture import component_weights
 
 
 @pytest.fixture(scope="module")
@@ -18,10 +18,6 @@ def second_init(micro_zoo):
     """The micro size's init-1 base and experts, built into the session's MERGELAB_HOME."""
     zoo.build("micro", device="cpu", progress=False, init=1)
     return micro_zoo
-
-
-def weights(path):
-    return load_file(path / "model.safetensors")
 
 
 def test_init_0_paths_and_manifests_are_unchanged(micro_zoo):
@@ -44,8 +40,8 @@ def test_second_init_has_a_base_and_an_expert_per_category(second_init):
 def test_second_init_differs_from_the_first(second_init):
     category = zoo.load_suite().held_in_categories[0]
     for role, extra in (("base", ()), ("expert", (category,))):
-        first = weights(zoo.model_path("micro", "base", role, *extra))
-        second = weights(zoo.model_path("micro", "base", role, *extra, init=1))
+        first = component_weights(zoo.model_path("micro", "base", role, *extra))
+        second = component_weights(zoo.model_path("micro", "base", role, *extra, init=1))
         assert first.keys() == second.keys()
         assert all(first[name].shape == second[name].shape for name in first)
         assert not any(first[name].equal(second[name]) for name in first if "norm" not in name)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from safetensors.torch import load_file
 
 from mergelab import zoo
 from mergelab.zoo.cache import read_manifest
 from mergelab.zoo.cli import main as zoo_main
+from tests.zoo_fixture import component_weights
 
 
 @pytest.fixture(scope="module")
@@ -17,10 +17,6 @@ def second_replicate(micro_zoo):
     """The micro size's replicate-1 experts of both bases, built into the session's MERGELAB_HOME."""
     zoo.build("micro", device="cpu", progress=False, replicate=1)
     return micro_zoo
-
-
-def weights(path):
-    return load_file(path / "model.safetensors")
 
 
 def test_replicate_0_is_the_default_expert_path(micro_zoo):
@@ -44,9 +40,9 @@ def test_replicate_1_has_every_expert_of_both_bases_from_the_shared_base(second_
 
 def test_replicate_experts_differ_from_replicate_0_but_share_its_shapes(second_replicate):
     category = zoo.load_suite().held_in_categories[0]
-    first = weights(zoo.model_path("micro", "base", "expert", category))
-    second = weights(zoo.model_path("micro", "base", "expert", category, replicate=1))
-    base = weights(zoo.model_path("micro", "base", "base"))
+    first = component_weights(zoo.model_path("micro", "base", "expert", category))
+    second = component_weights(zoo.model_path("micro", "base", "expert", category, replicate=1))
+    base = component_weights(zoo.model_path("micro", "base", "base"))
     assert first.keys() == second.keys() == base.keys()
     assert not all(first[name].equal(second[name]) for name in first)
     # both are fine-tuned from the same base: each is closer to it than to a random re-initialization

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 # Digest of the micro zoo that produced the committed golden study numbers (results/*_micro/). Training is
 # bit-reproducible on one machine and library stack, not across CPUs (other float kernels, other weights).
@@ -65,3 +66,8 @@ def require_golden_micro_zoo(home: Path) -> None:
             f"this machine trains a different micro zoo ({actual[:12]} vs golden {expected[:12]}): the golden "
             "numbers do not apply; regenerate them here with the commands in the study READMEs"
         )
+
+
+def component_weights(path: Path) -> dict:
+    """The tensors of one zoo component directory."""
+    return load_file(path / "model.safetensors")
