@@ -4,8 +4,9 @@ verdict.
 
 Seed views: the runs of one subset seed (of one expert replicate), together with that replicate's runs
 whose configuration has a single subset (all experts merged), form one view; every statistic is computed
-on each view and reported as mean [min, max] over the views. Runs with the same subset seed and expert count merge the same categories
-whatever the base kind or method, so comparisons within a view are paired.
+on each view and reported as mean [min, max] over the views. Runs with the same subset seed and expert
+count merge the same categories whatever the base kind, method or replicate, so comparisons within a view
+are paired.
 
 Statistics are vectorized over bootstrap draws: a view is a table of configurations (rows) by (score,
 draw) columns, and each statistic maps it to one value per draw. The observed statistic is the same
