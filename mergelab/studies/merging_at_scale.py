@@ -163,13 +163,17 @@ def write_merging_at_scale_report(rows: pd.DataFrame, summary: pd.DataFrame, out
         "(`_sd`, population sd over the subsets)."
     )
     findings_text = (
-        "Each statistic on every seed view (one subset seed's runs plus the all-expert runs); "
+        "Each statistic on every seed view (the runs of one subset seed of one expert replicate, plus that "
+        "replicate's all-expert runs); "
         "`value` is the mean over the views, `min` / `max` their range (the spread across subsets)."
     )
+    without_dare = summary[summary["method"] != "dare"]
+    sensitivity = "dare" in set(summary["method"]) and not without_dare.empty
     if score_intervals.has_examples(rows):
         bootstrap = PairedBootstrap()
         draws = score_intervals.study_run_draws(rows, bootstrap)
         findings = findings_table(summary, draws, bootstrap)
+        findings_without_dare = findings_table(without_dare, draws, bootstrap) if sensitivity else None
         shown = score_intervals.interval_columns(
             shown, summary, draws, CONFIG_KEYS, ["held_in", "held_out", *corrected], bootstrap
         )
@@ -191,6 +195,16 @@ def write_merging_at_scale_report(rows: pd.DataFrame, summary: pd.DataFrame, out
         )
     else:
         findings = findings_table(summary)
+        findings_without_dare = findings_table(without_dare) if sensitivity else None
+    dare_section = (
+        [
+            "## Findings without DARE\n\nThe same statistics on the runs of the other methods only: a check "
+            "that no finding rests on DARE alone, whose untuned defaults can fail outright.",
+            to_markdown(findings_without_dare),
+        ]
+        if sensitivity
+        else []
+    )
     text = "\n\n".join(
         [
             f"# {', '.join(sorted(rows['study'].unique()))}: findings",
@@ -202,6 +216,7 @@ def write_merging_at_scale_report(rows: pd.DataFrame, summary: pd.DataFrame, out
             to_markdown(paper_comparison(spread, baseline)),
             f"## Findings\n\n{findings_text}",
             to_markdown(findings),
+            *dare_section,
             "## Hyperparameters used (scale / density; those in the study's select_grid chosen on validation)",
             to_markdown(choices) if not choices.empty else "(none searched)",
         ]
