@@ -303,8 +303,8 @@ def write_method_comparison(runs: pd.DataFrame, draws: RunDraws, out_dir: Path) 
     text = (
         "Change in points (x100 normalized score) of each method at its paper defaults (no search) against "
         "TIES at its defaults (density 0.2, scale 1) in the same condition; overall: mean [min, max] over "
-        "conditions (model x base kind). `_95ci`: 95% interval of the change (of the mean change, overall) "
-        "from a paired bootstrap over the test examples of each task (whole entities where they share one), "
+        "conditions (model x base kind, x expert replicate when the runs hold several). `_95ci`: 95% "
+        "interval of the change (of the mean change, overall) from a paired bootstrap over the test examples of each task (whole entities where they share one), "
         "the same resamples for every run; `verdict`: the paper finds TIES ahead of the other methods, so "
         "reproduced when the interval lies below zero, contradicted when above, else not resolved."
     )
@@ -363,8 +363,9 @@ def write_ties_report(
     if sections:
         text = (
             "Change in points (x100 normalized score) against full TIES in the same condition; overall: mean "
-            "[min, max] over conditions (model x base kind). Searched variants pick the scale on the validation "
-            "splits from the study's `select_grid` (`scale` is the chosen one)."
+            "[min, max] over conditions (model x base kind, x expert replicate when the runs hold several). "
+            "Searched variants pick the scale on the validation splits from the study's `select_grid` "
+            "(`scale` is the chosen one)."
         )
         if draws is not None:
             text += (
