@@ -46,13 +46,15 @@ def micro_run_overrides(results_dir, *extra: str) -> list[str]:
 
 
 def micro_zoo_digest(home: Path) -> str:
-    """SHA-256 over the weight digests of the micro zoo's init-0 components (those the studies merge) under
-    the MERGELAB_HOME `home`; tests that add the second init do not change it."""
+    """SHA-256 over the weight digests of the micro zoo's init-0, replicate-0 components (those the studies
+    merge) under the MERGELAB_HOME `home`; tests that add the second init or expert replicate do not change
+    it."""
     import json
 
     root = Path(home) / "zoo" / "micro"
     digest = hashlib.sha256()
-    for manifest in sorted([*(root / "base").rglob("manifest.json"), *(root / "it").rglob("manifest.json")]):
+    manifests = [*(root / "base").rglob("manifest.json"), *(root / "it").rglob("manifest.json")]
+    for manifest in sorted(path for path in manifests if not path.parent.parent.name.startswith("experts_r")):
         digest.update(json.loads(manifest.read_text())["sha256"].encode())
     return digest.hexdigest()
 
