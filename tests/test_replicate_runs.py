@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from mergelab import zoo
-from mergelab.experiment import runner
+from mergelab.experiment import results, runner
 from mergelab.experiment.config import ConfigError, validate
 from mergelab.experiment.score_intervals import subset_keys
 from mergelab.experiment.sweep import compose
@@ -29,7 +29,9 @@ V3_RUN = [
 
 def test_replicate_0_keeps_the_hashes_of_runs_recorded_before_replicates(micro_zoo):
     spec = validate(compose(V3_RUN))
-    assert (RESULTS / "merging_at_scale_v3" / "fragments" / f"{spec.config_hash}.parquet").is_file()
+    committed = results.read_fragment(RESULTS / "merging_at_scale_v3" / "rows.parquet")
+    recorded = committed[committed["config_hash"] == spec.config_hash]
+    assert set(recorded["replicate"]) == {0} and set(recorded["n_experts"]) == {2}
     assert validate(compose([*V3_RUN, "experts.replicate=0"])).config_hash == spec.config_hash
     assert validate(compose([*V3_RUN, "experts.replicate=1"])).config_hash != spec.config_hash
 
