@@ -63,8 +63,7 @@ def run_variant(run: pd.Series) -> str:
 
 def summarize_runs(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per run: its identity and its normalized held-in / held-out scores (both views)."""
-    if "replicate" not in rows:  # rows read without the results schema, from before replicates
-        rows = rows.assign(replicate=0)
+    rows = rows.assign(replicate=results.replicates(rows))  # also rows read without the results schema
     records = []
     for _, run in rows.groupby("config_hash", sort=False):
         first = run.iloc[0]

@@ -156,7 +156,14 @@ def read_fragment(path: Path) -> pd.DataFrame:
         raise ResultsError(
             f"{path}: not a readable results fragment (truncated or not parquet: {error})"
         ) from None
-    return rows.assign(replicate=rows["replicate"].fillna(0).astype("int64"))  # older rows: replicate 0
+    return rows.assign(replicate=replicates(rows))
+
+
+def replicates(frame: pd.DataFrame) -> pd.Series:
+    """Each row's expert replicate, 0 for rows recorded (or tables built) before replicates existed."""
+    if "replicate" not in frame:
+        return pd.Series(0, index=frame.index, dtype="int64")
+    return frame["replicate"].fillna(0).astype("int64")
 
 
 def empty_frame() -> pd.DataFrame:

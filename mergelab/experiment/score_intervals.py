@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from mergelab.experiment import results
 from mergelab.experiment.intervals import (
     Interval,
     PairedBootstrap,
@@ -116,10 +117,9 @@ def subset_keys(runs: pd.DataFrame) -> list:
     """The expert draw of each run, the unit the bootstrap resamples beside the test examples: its subset
     seed, or (replicate, subset seed) for experts of replicate > 0 (replicate-0 runs keep their plain seed,
     so a study of the default experts resamples exactly as before replicates existed)."""
-    replicates = runs["replicate"] if "replicate" in runs else [0] * len(runs)
     return [
         seed if replicate == 0 else (int(replicate), seed)
-        for seed, replicate in zip(runs["subset_seed"], replicates)
+        for seed, replicate in zip(runs["subset_seed"], results.replicates(runs))
     ]
 
 

@@ -30,6 +30,7 @@ import pandas as pd
 
 from mergelab.experiment.intervals import Interval, PairedBootstrap, percentile_interval, subset_mean, verdict
 from mergelab.experiment.report import CONFIG_KEYS
+from mergelab.experiment.results import replicates
 from mergelab.experiment.score_intervals import RunDraws
 
 SCORES = ["held_in", "held_out", "held_in_multitask", "held_out_multitask"]
@@ -39,16 +40,9 @@ KIND_LABELS = {"base": "pretrained base", "it": "IT base"}
 Statistic = Callable[[pd.DataFrame], np.ndarray]
 
 
-def _replicates(summary: pd.DataFrame) -> pd.Series:
-    """Each run's expert replicate (0 where the summary predates replicates)."""
-    if "replicate" not in summary:
-        return pd.Series(0, index=summary.index)
-    return summary["replicate"].astype(int)
-
-
 def _single_subset(summary: pd.DataFrame) -> pd.Series:
     """Runs whose configuration has one run within its expert replicate (e.g. all experts merged)."""
-    keys = [summary[key] for key in CONFIG_KEYS] + [_replicates(summary)]
+    keys = [summary[key] for key in CONFIG_KEYS] + [replicates(summary)]
     return summary.groupby(keys)["config_hash"].transform("size") == 1
 
 
@@ -58,12 +52,12 @@ def seed_views(summary: pd.DataFrame) -> list[pd.DataFrame]:
     keys = view_seeds(summary)
     if keys == [None]:
         return [summary]
-    single, replicates = _single_subset(summary), _replicates(summary)
+    single, replicate_of = _single_subset(summary), replicates(summary)
     views = []
     for key in keys:
         replicate, seed = key if isinstance(key, tuple) else (0, key)
-        own = ~single & (replicates == replicate) & (summary["subset_seed"] == seed)
-        views.append(summary[own | (single & (replicates == replicate))])
+        own = ~single & (replicate_of == replicate) & (summary["subset_seed"] == seed)
+        views.append(summary[own | (single & (replicate_of == replicate))])
     return views
 
 
@@ -71,10 +65,10 @@ def view_seeds(summary: pd.DataFrame) -> list:
     """The key of each seed view, the unit the bootstrap resamples: the subset seed for the default
     experts (replicate 0), (replicate, seed) for another replicate, seed None for a replicate whose
     configurations each have one subset ([None]: a single view)."""
-    single, replicates = _single_subset(summary), _replicates(summary)
+    single, replicate_of = _single_subset(summary), replicates(summary)
     keys = []
-    for replicate in sorted(replicates.unique()):
-        seeds = sorted(summary.loc[~single & (replicates == replicate), "subset_seed"].unique())
+    for replicate in sorted(replicate_of.unique()):
+        seeds = sorted(summary.loc[~single & (replicate_of == replicate), "subset_seed"].unique())
         keys += [
             seed if replicate == 0 else (int(replicate), seed) for seed in [int(s) for s in seeds] or [None]
         ]

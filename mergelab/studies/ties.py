@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mergelab.experiment import score_intervals
+from mergelab.experiment import results, score_intervals
 from mergelab.experiment.intervals import PairedBootstrap, percentile_interval, verdict
 from mergelab.experiment.report import to_markdown
 from mergelab.experiment.score_intervals import RunDraws
@@ -106,7 +106,7 @@ def _with_default_steps(runs: pd.DataFrame) -> pd.Series:
 
 def _several_replicates(runs: pd.DataFrame) -> bool:
     """Whether the runs merge experts of more than one independently fine-tuned replicate."""
-    return "replicate" in runs and runs["replicate"].nunique() > 1
+    return results.replicates(runs).nunique() > 1
 
 
 def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
