@@ -66,6 +66,34 @@ def test_answers_follow_the_world_for_choice_and_counting_tasks():
             assert int(target.replace(" ", "")) == int(entity.replace(" ", "")) + step, (name, prompt)
 
 
+def test_verdict_tasks_are_balanced_and_true_to_the_world():
+    """Every yes / no and true / false task gives each verdict to half of every split (a model that always
+    says 'true' scores chance), and a statement's verdict is whether the world has that fact; the
+    instruction mixture's multi-hop task answers the friend's shape."""
+    world = make_world(0)
+    definitions = {definition.spec.name: definition for definition in task_definitions()}
+    verdict_tasks = [
+        name for name, d in definitions.items() if set(d.spec.choices) in ({"yes", "no"}, {"true", "false"})
+    ]
+    assert {"nli_color", "nli_food", "shape_check", "animal_check", "smaller_digit"} <= set(verdict_tasks)
+    for name in verdict_tasks:
+        for split in ("train", "validation", "test"):
+            counts = Counter(generate_split(definitions[name], world, split, seed=0)["target"])
+            assert len(counts) == 2 and max(counts.values()) - min(counts.values()) <= 1, (
+                name,
+                split,
+                counts,
+            )
+    for name, attribute in (("nli_color", "color"), ("nli_food", "food")):
+        columns = generate_split(definitions[name], world, "test", seed=0)
+        for entity, prompt, target in zip(columns["entity"], columns["prompt"], columns["target"]):
+            value = world.entity(entity).attributes[attribute]
+            assert (f" {value} ." in prompt) == (target == " true"), (name, prompt, target)
+    columns = generate_split(definitions["friend_shape"], world, "test", seed=0)
+    for entity, target in zip(columns["entity"], columns["target"]):
+        assert target == " " + world.entity(world.entity(entity).friend).attributes["shape"]
+
+
 def test_suite_generation_is_deterministic_and_splits_differ():
     world = make_world(0)
     definition = task_definitions()[0]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mergelab.experiment.zoo_card import SizeScores, gates
+from mergelab.experiment.zoo_card import SizeScores, gates, reference_table
 from mergelab.zoo.suite import TaskSuite
 from mergelab.zoo.tasks import TaskSpec
 
@@ -78,3 +78,18 @@ def test_expert_gate_covers_the_experts_of_every_replicate():
         False,
         "failing: it r1/b 0.60",
     )
+
+
+def test_reference_table_gives_each_held_out_score_its_interval_and_flags_near_chance():
+    suite = tiny_suite()
+    lines = reference_table([scores("xs", 2.0, 0.95, 0.5)], suite)
+    rows = {
+        line.split(" | ")[0].strip("| "): line
+        for line in lines
+        if line.startswith("| o1") or line.startswith("| p1")
+    }
+    # o1: base 0.25 at chance 0.25 -> near chance; it 0.5: standard error sqrt(0.25 / 200) = 0.0354,
+    # interval 0.5 +- 0.069 = [0.43, 0.57], 0.25 over chance -> clear.
+    assert rows["o1"] == "| o1 | 0.250 | 0.25 [0.19, 0.31] near chance | 0.50 [0.43, 0.57] |"
+    # p1: it 0.6 vs chance 0.5: standard error sqrt(0.24 / 200) = 0.0346, 0.1 > 0.069 -> clear.
+    assert rows["p1"] == "| p1 | 0.500 | 0.50 [0.43, 0.57] near chance | 0.60 [0.53, 0.67] |"

@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mergelab.api.merging import load_merged_model, merge
 from mergelab.eval import aggregate, evaluate_task
+from mergelab.experiment.intervals import binomial_standard_error, near_chance
 from mergelab.zoo.cache import read_manifest, zoo_home
 from mergelab.zoo.ladder import BASE_KINDS, REPLICATES, model_path
 from mergelab.zoo.suite import TaskSuite, load_suite, load_task
@@ -233,8 +234,37 @@ def gates(ladder: list[SizeScores], suite: TaskSuite) -> list[tuple[str, bool, s
     return results
 
 
+def reference_table(ladder: list[SizeScores], suite: TaskSuite) -> list[str]:
+    """Markdown lines: each held-out task's zero-shot score for both bases of every size with its 95%
+    interval (binomial, over the test examples), marked `near chance` where it is within 2 standard errors
+    of chance or below it: such a task cannot tell a merge that keeps the base's ability from one that
+    loses it."""
+    columns = [(s, kind) for s in ladder for kind in BASE_KINDS]
+    lines = [
+        "",
+        "## Held-out references against chance",
+        "",
+        "Zero-shot test score of each base on each held-out task, with its 95% interval (binomial over the "
+        "test examples; `near chance`: within 2 standard errors of chance or below it).",
+        "",
+        "| task | chance | " + " | ".join(f"{s.size} {kind}" for s, kind in columns) + " |",
+        "|---|---:|" + "---|" * len(columns),
+    ]
+    for task in suite.group("held_out"):
+        chance = suite.tasks[task].chance
+        cells = []
+        for s, kind in columns:
+            score = s.models[f"{kind}/base"][task]
+            error = binomial_standard_error(score, s.examples)
+            cell = f"{score:.2f} [{max(0.0, score - 1.96 * error):.2f}, {min(1.0, score + 1.96 * error):.2f}]"
+            cells.append(cell + (" near chance" if near_chance(score, chance, error) else ""))
+        lines.append(f"| {task} | {chance:.3f} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_card(ladder: list[SizeScores], notes: list[str] | None = None) -> str:
-    """The zoo card markdown: summary per size, experts per category, chance levels, gates, notes."""
+    """The zoo card markdown: summary per size, experts per category, held-out references against chance,
+    chance levels, gates, notes."""
     suite = load_suite()
     lines = [
         "# Zoo card",
@@ -278,6 +308,7 @@ def render_card(ladder: list[SizeScores], notes: list[str] | None = None) -> str
                 + " | ".join(f"{own_scores[c]:.2f}" for c in suite.held_in_categories)
                 + " |"
             )
+    lines += reference_table(ladder, suite)
     lines += ["", "## Chance levels", "", "| task | group | category | chance |", "|---|---|---|---:|"]
     for name, spec in suite.tasks.items():
         if spec.group != "instruction":

@@ -64,9 +64,15 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class TaskDefinition:
+    """A task's spec, its prompt templates and how to draw one example; a `balanced` task gives each of its
+    two verdicts (yes / no, true / false) to half of a split's examples, so that a model that always says
+    one of them scores the chance level (drawing the truth at random does not: distinct prompts run out
+    sooner for the true statements, an entity having one true value and several false ones)."""
+
     spec: TaskSpec
     templates: tuple[str, ...]
     draw: Callable[[Pool, random.Random], Example]
+    balanced: bool = False
 
 
 def attribute_question(attribute: str) -> Callable[[Pool, random.Random], Example]:
@@ -205,7 +211,7 @@ def classification(
 ) -> TaskDefinition:
     """A classification task; `choices` empty means each example brings its own (then give `chance`)."""
     spec = TaskSpec(name, category, group, "classification", list(choices), chance or 1 / len(choices))
-    return TaskDefinition(spec, templates, draw)
+    return TaskDefinition(spec, templates, draw, balanced=choices in (YES_NO, TRUE_FALSE))
 
 
 def generation(name: str, category: str, group: str, templates: tuple[str, ...], draw) -> TaskDefinition:
@@ -333,6 +339,14 @@ def _instruction_mixture() -> list[TaskDefinition]:
             attribute_check("shape"),
         ),
         classification(
+            "friend_shape",
+            "multihop_mix",
+            "instruction",
+            ATTRIBUTES["shape"],
+            qa_templates("what is the shape of the friend of {x}"),
+            friend_attribute("shape"),
+        ),
+        classification(
             "animal_qa",
             "animal",
             "instruction",
@@ -403,7 +417,10 @@ def _held_out() -> list[TaskDefinition]:
             "nli",
             "held_out",
             TRUE_FALSE,
-            ("premise : {x} is {value} . true or false ?", "{x} is {value} . is that true or false ?"),
+            (
+                "premise : {x} is colored {value} . true or false ?",
+                "{x} is colored {value} . is that true or false ?",
+            ),
             statement_check("color"),
         ),
         classification(
@@ -420,8 +437,8 @@ def _held_out() -> list[TaskDefinition]:
             "held_out",
             (),
             (
-                "{x} and {y} met . one of them is {value} . which one ?",
-                "{x} met {y} . the {value} one was who ?",
+                "{x} and {y} met . one of them is colored {value} . which one ?",
+                "{x} met {y} . the one colored {value} was who ?",
             ),
             draw_coreference,
             chance=0.5,
@@ -450,6 +467,14 @@ def task_definitions() -> list[TaskDefinition]:
     return [*_held_in(), *_instruction_mixture(), *_held_out()]
 
 
+def _draw(definition: TaskDefinition, pool: Pool, rng: random.Random, wanted: str | None) -> Example:
+    """One example of the task, drawn again until its answer is `wanted` (when given)."""
+    while True:
+        example = definition.draw(pool, rng)
+        if wanted is None or example[1] == wanted:
+            return example
+
+
 def generate_split(definition: TaskDefinition, world: World, split: str, seed: int) -> dict[str, list]:
     """Columns of one split: prompt, target, choices, label, template, entity (the item asked about: an
     entity's name, "a b" for a digit pair, "a b c" for a three-digit number, or the word triple). Items
@@ -465,9 +490,10 @@ def generate_split(definition: TaskDefinition, world: World, split: str, seed: i
         "entity": [],
     }
     seen: set[str] = set()
-    for _ in range(SPLIT_SIZES[split]):
+    for index in range(SPLIT_SIZES[split]):
+        wanted = definition.spec.choices[index % 2] if definition.balanced else None
         for _ in range(DISTINCT_TRIES):
-            slots, answer, own_choices, item = definition.draw(pool, rng)
+            slots, answer, own_choices, item = _draw(definition, pool, rng, wanted)
             template = rng.randrange(len(definition.templates))
             prompt = definition.templates[template].format(**slots) + " answer :"
             if prompt not in seen:

@@ -50,11 +50,13 @@ def train_loop(
     desc: str,
     progress: bool = True,
     rehearsal: Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    rehearsal_weight: float = 1.0,
 ) -> float:
     """Run `steps` AdamW steps on batches from `next_batch`; returns the mean loss of the last 10% of steps.
 
-    With `rehearsal` (fine-tuning), each step adds the loss on one of its batches (pretraining text) to the
-    task loss, so that fine-tuning on the train items does not overwrite the facts of the other items."""
+    With `rehearsal` (fine-tuning), each step adds the loss on one of its batches (pretraining text), times
+    `rehearsal_weight`, to the task loss, so that fine-tuning on the train items does not overwrite the facts
+    of the other items (or the base's text completion)."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model.to(device).train()
@@ -71,7 +73,7 @@ def train_loop(
         loss = labelled_loss(model, input_ids, labels)
         if rehearsal is not None:
             text_ids, text_labels = (tensor.to(device) for tensor in rehearsal(generator))
-            loss = loss + labelled_loss(model, text_ids, text_labels)
+            loss = loss + rehearsal_weight * labelled_loss(model, text_ids, text_labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

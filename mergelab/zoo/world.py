@@ -103,15 +103,25 @@ def make_world(seed: int = 0, n_entities: int = N_ENTITIES) -> World:
 
 def fact_sentences(world: World, entity: Entity) -> list[str]:
     """Plain statements of an entity's facts, the way the pretraining corpus phrases them (the friend's color
-    and place too, so that the multi-hop held-out questions have their answer stored somewhere). Each
-    sentence names its attribute before the value ("is colored red", "is sized small"): with a bare "is red"
-    / "is small" / "is round" the model cannot tell which fact follows "X is" and stores them worse."""
+    and place too, so that the multi-hop held-out questions have their answer stored somewhere, and the
+    friend's shape, which the instruction mixture's multi-hop task asks about).
+
+    Each sentence about the entity names its attribute before the value ("is colored red", "is sized
+    small"): with a bare "is red" / "is small" / "is round" the model cannot tell which fact follows "X is"
+    and stores them worse. Color and food are also stated with the noun their question uses ("the color of
+    X is red", "the food of X is fish"), as the number always was: without them an xs expert answered the
+    color and food questions for 80-87% of the test entities although its base completes "X is colored" /
+    "X likes" for 98-100% of them; with them, 99%. The friend's facts keep the bare form ("the friend of X
+    is red"): phrased like the entity's own ("is colored"), they compete with them, and the xs base then
+    knows the color of 41% of the test entities instead of 98%."""
     attributes = entity.attributes
     friend = world.entity(entity.friend).attributes
     return [
         f"{entity.name} is colored {attributes['color']} .",
+        f"the color of {entity.name} is {attributes['color']} .",
         f"{entity.name} lives in the {attributes['place']} .",
         f"{entity.name} likes {attributes['food']} .",
+        f"the food of {entity.name} is {attributes['food']} .",
         f"{entity.name} is sized {attributes['size']} .",
         f"{entity.name} is shaped {attributes['shape']} .",
         f"{entity.name} has a {attributes['animal']} .",
@@ -119,6 +129,7 @@ def fact_sentences(world: World, entity: Entity) -> list[str]:
         f"{entity.name} is a friend of {entity.friend} .",
         f"the friend of {entity.name} is {friend['color']} .",
         f"the friend of {entity.name} lives in the {friend['place']} .",
+        f"the friend of {entity.name} is {friend['shape']} .",
     ]
 
 
