@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -146,3 +147,27 @@ def test_experts_init_is_part_of_the_run_identity_and_checked(micro_zoo, tmp_pat
         ConfigError, match="experts.init: 'sometimes' is not allowed; allowed: shared, different"
     ):
         validate(compose(micro_run_overrides(tmp_path, "experts.init=sometimes")))
+
+
+def test_a_nan_in_an_expert_is_refused_before_anything_is_written(two_bases, tmp_path):
+    """PLeaS checks its inputs like the tensor-wise methods: the error names the expert and the tensor, and
+    no checkpoint (partial or final) is left; allow_nonfinite, which cannot align NaN activations, is refused."""
+    from safetensors.torch import load_file, save_file
+
+    from mergelab.engine.finite import NonFiniteError
+
+    poisoned = tmp_path / "poisoned"
+    shutil.copytree(two_bases["experts"][1], poisoned)
+    tensors = load_file(poisoned / "model.safetensors")
+    tensors["model.layers.0.mlp.up_proj.weight"][0, 0] = float("nan")
+    save_file(tensors, poisoned / "model.safetensors", metadata={"format": "pt"})
+    experts = [two_bases["experts"][0], str(poisoned)]
+    options = {"data": two_bases["data"], "progress": False, "device": "cpu", "n_examples": 16}
+    message = r"expert 1 \(.*poisoned\): tensor 'model.layers.0.mlp.up_proj.weight' has 1 non-finite"
+    with pytest.raises(NonFiniteError, match=message):
+        merge(two_bases["base"], experts, "pleas", tmp_path / "merged", **options)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["poisoned"]
+    with pytest.raises(
+        MergeConfigError, match="needs finite weights; allow_nonfinite applies to the tensor-wise"
+    ):
+        merge(two_bases["base"], experts, "pleas", allow_nonfinite=True, **options)

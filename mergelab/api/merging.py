@@ -98,10 +98,21 @@ def merge_with_report(
             )
         if tensor_hparams:
             raise MergeConfigError(f"method '{merge_method.name}' takes no per-tensor hyperparameters")
+        if allow_nonfinite:
+            raise MergeConfigError(
+                f"method '{merge_method.name}' aligns experts by their activations and needs finite weights; "
+                "allow_nonfinite applies to the tensor-wise methods"
+            )
         from mergelab.pleas.merge import merge_whole_model
 
         return merge_whole_model(
-            merge_method, base, expert_refs, output, data=data, device=device, progress=progress
+            merge_method,
+            base,
+            expert_refs,
+            output,
+            data=data,
+            device=device,
+            progress=progress,
         )
     opened: list[Checkpoint] = []
     statistics: list = []

@@ -1,8 +1,7 @@
 """A run never records a row for a non-finite model: its merged weights and its scores are checked first.
 
-The engine already refuses NaN or inf inputs and merged tensors unless `allow_nonfinite`; these checks
-cover what it lets through (`allow_nonfinite=true`, whole-model methods such as PLeaS, which merge outside
-the tensor engine) and scores that come out undefined. Checking the parameters is one reduction per tensor,
+The engine already refuses NaN or inf inputs and merged tensors unless `allow_nonfinite` (PLeaS included);
+these checks cover what it lets through (`allow_nonfinite=true`) and scores that come out undefined. Checking the parameters is one reduction per tensor,
 small next to evaluating the model.
 """
 

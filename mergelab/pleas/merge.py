@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mergelab.engine.finite import FiniteCheck, NonFiniteError, nonfinite_count
 from mergelab.engine.merge import MergeReport
 from mergelab.engine.output import CheckpointOutput
 from mergelab.methods.base import MergeMethod
@@ -188,6 +189,26 @@ def _directories(method: MergeMethod, base: object, experts: Sequence[object]) -
     return directories, stored
 
 
+def _check_experts_finite(experts: Sequence[Path]) -> None:
+    """Every float tensor of every expert checkpoint, checked for NaN and inf before anything is merged
+    (PLeaS aligns experts by their activations, which a non-finite weight makes undefined)."""
+    from mergelab.engine.checkpoint import open_checkpoint
+
+    for index, path in enumerate(experts):
+        checkpoint = open_checkpoint(path, f"expert {index}")
+        try:
+            for name in checkpoint.infos():
+                tensor = checkpoint.get(name)
+                count = nonfinite_count(tensor)
+                if count:
+                    raise NonFiniteError(
+                        f"expert {index} ({path}): tensor '{name}' has {count} non-finite (NaN or inf) "
+                        f"value(s) of {tensor.numel()}; PLeaS cannot align or merge it"
+                    )
+        finally:
+            checkpoint.close()
+
+
 def merge_whole_model(
     method: MergeMethod,
     base: object,
@@ -201,12 +222,14 @@ def merge_whole_model(
     """Run a whole-model method (`method.merge_models`) for `mergelab.merge`: (state dict or path, report).
 
     A written checkpoint gets the merged model's config (e.g. PLeaS's wider intermediate size) over the
-    base's, beside the base's tokenizer files.
+    base's, beside the base's tokenizer files. NaN or inf in an expert, or in the merged model, is an error
+    naming the tensor before anything is written, as for the tensor-wise methods.
     """
     from mergelab.engine.checkpoint import TensorInfo, sidecar_files
     from mergelab.engine.device import peak_rss_bytes, resolve_device
 
     directories, stored = _directories(method, base, experts)
+    _check_experts_finite(directories[1:])
     sidecars = sidecar_files(directories[0], require_config=True) if output is not None else []
     compute = resolve_device(device)
     if compute.type == "cuda":
@@ -214,6 +237,9 @@ def merge_whole_model(
     started = time.perf_counter()
     model = method.merge_models(directories[0], directories[1:], data, compute, progress)
     state_dict = merged_state_dict(model, stored)
+    finite = FiniteCheck()
+    for name, tensor in state_dict.items():
+        finite.merged(name, tensor, method.name)
     result: dict[str, torch.Tensor] | Path = state_dict
     if output is not None:
         infos = {name: TensorInfo(tensor.dtype, tuple(tensor.shape)) for name, tensor in state_dict.items()}
