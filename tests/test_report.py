@@ -159,7 +159,8 @@ def test_summary_gets_intervals_and_flags_references_only_with_per_example_rows(
     text = report.summary_markdown(rows, summary)
     header = next(line for line in text.splitlines() if line.startswith("| model"))
     assert "| held_in | held_in_95ci | held_out | held_out_95ci |" in header
-    assert "| held_in_chance | held_in_chance_95ci | held_out_chance | held_out_chance_95ci |" in header
+    # no held-out reference is clear of chance on 20 examples (see the next test): no held_out_chance
+    assert "| held_in_chance | held_in_chance_95ci | subsets |" in header
     # z2's reference is 0, below chance 0.25; a2's (0.9 on 20 examples) is clearly above it
     references = score_intervals.reference_table(rows, PairedBootstrap(draws=200))
     flags = references.drop_duplicates("task").set_index("task")["near_chance"]
@@ -167,3 +168,17 @@ def test_summary_gets_intervals_and_flags_references_only_with_per_example_rows(
     # one run's chance-corrected held-in: a1 (0.4-0.25)/(0.8-0.25), a2 1, b1 (0.3-0.25)/(0.6-0.25)
     expected = ((0.15 / 0.55 + 1.0) / 2 + 0.05 / 0.35) / 2
     assert summary["held_in_chance"].iloc[0] == pytest.approx(expected)
+
+
+def test_chance_corrected_aggregates_leave_out_references_near_chance():
+    """z1's reference 0.4 is 0.15 above chance 0.25, within 2 binomial standard errors on 20 examples
+    (2 x sqrt(0.4 x 0.6 / 20) = 0.22), and z2's is below chance: neither enters held_out_chance; on 200
+    examples z1's (standard error 0.035) does, and the aggregate is its chance-corrected score."""
+    rows = with_examples(fixture_rows())
+    first = rows[rows["config_hash"] == "xsties20"]
+    assert list(score_intervals.informative_rows(first)) == [True, True, True, False, False]
+    assert math.isnan(report.summarize_runs(first)["held_out_chance"].iloc[0])
+    larger = with_examples(fixture_rows(), n=200)
+    run = report.summarize_runs(larger[larger["config_hash"] == "xsties20"]).iloc[0]
+    assert run["held_out_chance"] == pytest.approx((0.6 - 0.25) / (0.4 - 0.25))
+    assert run["held_out"] == pytest.approx(1.5)  # the ratio view keeps every task with a defined ratio

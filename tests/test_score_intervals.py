@@ -133,3 +133,15 @@ def test_has_examples_needs_every_row_to_carry_them():
     rows.loc[0, "correct"] = None
     assert not score_intervals.has_examples(rows)
     assert not score_intervals.has_examples(rows.drop(columns=["clusters"]))
+
+
+def test_chance_corrected_draws_leave_out_a_reference_at_chance():
+    """A second held-out task whose reference sits at chance changes the ratio view's draws but not the
+    chance-corrected ones, which are z1's alone."""
+    at_chance = np.array([1, 0, 0] * 20)[:40]
+    tasks = {**TASKS, "y1": ("y", "held_out", 1 / 3, at_chance, at_chance)}
+    bootstrap = PairedBootstrap(draws=100, seed=1)
+    alone = score_intervals.run_draws(example_rows("r", 0, TASKS), bootstrap)
+    both = score_intervals.run_draws(example_rows("r", 0, tasks), bootstrap)
+    assert both["held_out_chance"] == pytest.approx(alone["held_out_chance"])
+    assert not np.allclose(both["held_out"], alone["held_out"])

@@ -209,6 +209,15 @@ def near_chance(reference: float, chance: float, standard_error: float) -> bool:
     return reference - chance <= 2 * standard_error
 
 
+def informative_reference(reference: float, chance: float, examples: int) -> bool:
+    """Whether a reference score measured on `examples` test examples is clearly above chance (not
+    `near_chance` by its binomial standard error), so that a chance-corrected score, which divides by
+    reference - chance, is not noise; True when the count is unknown (rows stored without examples)."""
+    if examples <= 0:
+        return True
+    return not near_chance(reference, chance, binomial_standard_error(reference, examples))
+
+
 def verdict(interval: Interval, paper_direction: int) -> str:
     """'reproduced' when the interval excludes zero on the paper's side (`paper_direction` +1: the paper
     reports an increase, -1: a decrease), 'contradicted' when it excludes zero on the other side, else

@@ -73,8 +73,9 @@ def summarize_runs(rows: pd.DataFrame) -> pd.DataFrame:
         record["held_out"] = _aggregate(run, "held_out", "normalized")
         record["held_in_multitask"] = _aggregate(run, "held_in", "normalized_multitask")
         record["held_out_multitask"] = _aggregate(run, "held_out", "normalized_multitask")
-        record["held_in_chance"] = _aggregate(run, "held_in", "chance_corrected")
-        record["held_out_chance"] = _aggregate(run, "held_out", "chance_corrected")
+        informative = run[score_intervals.informative_rows(run)]
+        record["held_in_chance"] = _aggregate(informative, "held_in", "chance_corrected")
+        record["held_out_chance"] = _aggregate(informative, "held_out", "chance_corrected")
         records.append(record)
     return pd.DataFrame(records, columns=RUN_KEYS + ["variant"] + SCORES + CHANCE_SCORES)
 
@@ -120,7 +121,9 @@ def summary_markdown(rows: pd.DataFrame, summary: pd.DataFrame) -> str:
     flagged = references[references["near_chance"] == "yes"]
     text += (
         " `_chance`: chance-corrected, (score - chance) / (reference - chance), so 0 is a random guess and 1 "
-        "the reference. `_95ci`: 95% percentile interval of a paired bootstrap "
+        "the reference, over the tasks whose reference is above chance by more than 2 binomial standard "
+        "errors (the references table below flags, by the bootstrap's standard error, those that are not). "
+        "`_95ci`: 95% percentile interval of a paired bootstrap "
         f"({bootstrap.draws} draws, seed {bootstrap.seed}) that resamples expert subsets and, within each "
         "task, the test examples (whole entities where examples share one), the same resamples for every "
         "model and configuration."

@@ -27,6 +27,7 @@ from mergelab.experiment.intervals import (
     Interval,
     PairedBootstrap,
     chance_corrected,
+    informative_reference,
     near_chance,
     percentile_interval,
     subset_mean,
@@ -59,6 +60,21 @@ def has_examples(rows: pd.DataFrame) -> bool:
     )
 
 
+def _row_is_informative(row) -> bool:
+    """Whether a row's reference is clearly above its chance level (see `informative_reference`)."""
+    chance = getattr(row, "chance", np.nan)
+    if chance is None or np.isnan(chance):
+        return True
+    values = getattr(row, "reference_correct", None)
+    return informative_reference(row.reference, chance, len(values) if _defined(values) else 0)
+
+
+def informative_rows(rows: pd.DataFrame) -> pd.Series:
+    """Per row, whether its chance-corrected score enters the `_chance` aggregates: only tasks whose
+    reference is clearly above chance do (near-chance references make the ratio noise, or flip its sign)."""
+    return pd.Series([_row_is_informative(row) for row in rows.itertuples(index=False)], index=rows.index)
+
+
 def task_draws(row, column: str, bootstrap: PairedBootstrap) -> np.ndarray:
     """Per draw, the accuracy in `column` (a correctness list) of one row's task; NaN when it is missing."""
     values = getattr(row, column)
@@ -82,16 +98,16 @@ def _mean_over_categories(per_task: dict[str, np.ndarray], category_of: dict[str
 def run_draws(run: pd.DataFrame, bootstrap: PairedBootstrap) -> dict[str, np.ndarray]:
     """Per score of `SCORE_VIEWS`, the draws of one run's aggregated score (NaN draws when the run has no
     task of that group or no such reference)."""
-    tasks = []  # per row: task, group, category, chance, {column: accuracy draws}
+    tasks = []  # per row: task, group, category, chance, informative reference, {column: accuracy draws}
     for row in run.itertuples(index=False):
         columns = ("correct", "reference_correct", "multitask_correct")
         accuracies = {column: task_draws(row, column, bootstrap) for column in columns}
-        tasks.append((row.task, row.group, row.category, row.chance, accuracies))
+        tasks.append((row.task, row.group, row.category, row.chance, _row_is_informative(row), accuracies))
     scores = {}
     for score, (group, column, kind) in SCORE_VIEWS.items():
         per_task, category_of = {}, {}
-        for task, row_group, category, chance, accuracies in tasks:
-            if row_group != group:
+        for task, row_group, category, chance, informative, accuracies in tasks:
+            if row_group != group or (kind == "chance" and not informative):
                 continue
             merged, reference = accuracies["correct"], accuracies[column]
             if kind == "ratio":
