@@ -72,9 +72,10 @@ class SizeSpec:
     rehearsal_batch: int = 8  # pretraining windows per fine-tuning step (see train.train_loop)
     # The instruction tuning rehearses more (and runs few steps) so that it keeps the pretrained base's
     # text completion, which the held-out tasks need: measured on xs (suite v3), 200 steps with 16 windows
-    # 0.687 held-out vs 0.581 for 400 steps with 8 (the pretrained base: 0.654). At xs (suite v4) the
-    # rehearsal also weighs 3 times the task loss: 0.645 held-out vs 0.622 with weight 1 and 16 windows
-    # (pretrained base 0.629; other step counts, windows and weights 0.60-0.65, see results/zoo).
+    # 0.687 held-out vs 0.581 for 400 steps with 8 (the pretrained base: 0.654). At xs and s (suite v4)
+    # the rehearsal also weighs 3 times the task loss: xs 0.645 held-out vs 0.622 with weight 1 and 16
+    # windows (pretrained base 0.629; other step counts, windows and weights 0.60-0.65, see results/zoo),
+    # s 0.721 vs 0.677 (pretrained base 0.684). m and l were built with weight 1.
     it_rehearsal_batch: int = 16
     it_rehearsal_weight: float = 1.0
 
@@ -115,6 +116,7 @@ SIZES: dict[str, SizeSpec] = {
         multitask_steps=900,
         pretrain_lr=2e-3,
         rehearsal_batch=4,
+        it_rehearsal_weight=3.0,
     ),
     "m": SizeSpec(
         hidden=192,
