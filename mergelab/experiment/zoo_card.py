@@ -269,7 +269,8 @@ def render_card(ladder: list[SizeScores], notes: list[str] | None = None) -> str
     lines = [
         "# Zoo card",
         "",
-        "Regenerate with `mergelab zoo build size=xs` then `python scripts/zoo_card.py --sizes xs` (add sizes as they are built).",
+        "Regenerate with `bash scripts/build_ladder.sh` (every size, both expert replicates), or `mergelab zoo "
+        "build size=xs` then `python scripts/zoo_card.py --sizes xs` (add sizes as they are built).",
         "Scores are test-split accuracy (rank classification) or exact match (generation), averaged within a",
         "category, then across categories; 200 examples per task.",
         "",
