@@ -21,11 +21,9 @@ import pandas as pd
 
 from mergelab.experiment import score_intervals
 from mergelab.experiment.intervals import PairedBootstrap
-from mergelab.experiment.report import CONFIG_KEYS, to_markdown
+from mergelab.experiment.report import CHANCE_SCORES, CONFIG_KEYS, to_markdown
 from mergelab.studies.merging_at_scale_figures import draw_figures
 from mergelab.studies.merging_at_scale_findings import SCORES, findings_table
-
-CHANCE_SCORES = ["held_in_chance", "held_out_chance"]  # chance-corrected views, when the rows have them
 
 
 def subset_spread(summary: pd.DataFrame) -> pd.DataFrame:
