@@ -1,8 +1,8 @@
 """A run never records a row for a non-finite model: its merged weights and its scores are checked first.
 
 The engine already refuses NaN or inf inputs and merged tensors unless `allow_nonfinite` (PLeaS included);
-these checks cover what it lets through (`allow_nonfinite=true`) and scores that come out undefined. Checking the parameters is one reduction per tensor,
-small next to evaluating the model.
+these checks cover what it lets through (`allow_nonfinite=true`) and scores that come out undefined.
+Checking the parameters is one reduction per tensor, small next to evaluating the model.
 """
 
 from __future__ import annotations

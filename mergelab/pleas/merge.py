@@ -110,12 +110,23 @@ def pleas_merge_models(
 
 
 def load_experts(expert_dirs: Sequence[Path], device: torch.device) -> list[nn.Module]:
+    """The experts in float32 on `device`; NaN or inf in any weight is an error naming the expert and the
+    tensor (PLeaS aligns experts by their activations, which a non-finite weight makes undefined), checked
+    on the loaded weights so that each checkpoint is read once."""
     from transformers import AutoModelForCausalLM
 
-    return [
-        AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
-        for path in expert_dirs
-    ]
+    experts = []
+    for index, path in enumerate(expert_dirs):
+        expert = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        for name, tensor in expert.state_dict().items():
+            count = nonfinite_count(tensor)
+            if count:
+                raise NonFiniteError(
+                    f"expert {index} ({path}): tensor '{name}' has {count} non-finite (NaN or inf) "
+                    f"value(s) of {tensor.numel()}; PLeaS cannot align or merge it"
+                )
+        experts.append(expert.to(device).eval())
+    return experts
 
 
 def calibration_batches(
@@ -189,26 +200,6 @@ def _directories(method: MergeMethod, base: object, experts: Sequence[object]) -
     return directories, stored
 
 
-def _check_experts_finite(experts: Sequence[Path]) -> None:
-    """Every float tensor of every expert checkpoint, checked for NaN and inf before anything is merged
-    (PLeaS aligns experts by their activations, which a non-finite weight makes undefined)."""
-    from mergelab.engine.checkpoint import open_checkpoint
-
-    for index, path in enumerate(experts):
-        checkpoint = open_checkpoint(path, f"expert {index}")
-        try:
-            for name in checkpoint.infos():
-                tensor = checkpoint.get(name)
-                count = nonfinite_count(tensor)
-                if count:
-                    raise NonFiniteError(
-                        f"expert {index} ({path}): tensor '{name}' has {count} non-finite (NaN or inf) "
-                        f"value(s) of {tensor.numel()}; PLeaS cannot align or merge it"
-                    )
-        finally:
-            checkpoint.close()
-
-
 def merge_whole_model(
     method: MergeMethod,
     base: object,
@@ -229,7 +220,6 @@ def merge_whole_model(
     from mergelab.engine.device import peak_rss_bytes, resolve_device
 
     directories, stored = _directories(method, base, experts)
-    _check_experts_finite(directories[1:])
     sidecars = sidecar_files(directories[0], require_config=True) if output is not None else []
     compute = resolve_device(device)
     if compute.type == "cuda":
