@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from mergelab.experiment import report, results, runner
-from mergelab.experiment.config import validate
+from mergelab.experiment.config import ConfigError, validate
 from mergelab.experiment.intervals import PairedBootstrap
 from mergelab.experiment.sweep import compose
 from mergelab.studies import merging_at_scale as study
@@ -172,6 +172,23 @@ def test_select_subset_seed_shares_one_search_across_subsets(micro_zoo):
     assert {run.config_hash for run in runs} == {searched[0].config_hash}
     assert all(run.categories == searched[0].categories for run in runs)
     assert searched[1].categories != searched[0].categories
+
+
+def test_select_replicate_shares_one_search_across_replicates(micro_zoo):
+    def spec(*extra: str):
+        return validate(compose(["model=micro", "experts.n_experts=2", "select=validation", *extra]))
+
+    shared = ["select_subset_seed=0", "select_replicate=0"]
+    runs = [spec(*shared, f"experts.replicate={r}", f"experts.subset_seed={s}") for r in (0, 1) for s in (0, 1)]
+    searches = [runner.selection_run(run) for run in runs]
+    assert searches[0] is runs[0]
+    assert {search.config_hash for search in searches} == {runs[0].config_hash}
+    assert all(search.config.experts.replicate == 0 for search in searches)
+    assert runs[2].config_hash != runs[0].config_hash  # the replicates' own runs stay distinct
+    own = runner.selection_run(spec("select_subset_seed=0", "experts.replicate=1"))
+    assert own.config.experts.replicate == 1
+    with pytest.raises(ConfigError, match="select_replicate: 3 is not allowed"):
+        spec("select_replicate=3")
 
 
 def scores_by_configuration(rows: pd.DataFrame) -> pd.DataFrame:

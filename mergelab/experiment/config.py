@@ -108,6 +108,7 @@ class RunConfig:
     allow_nonfinite: bool  # merge inputs with NaN/inf anyway; a non-finite merged model is still not recorded
     select: Literal["none", "validation"]
     select_subset_seed: int | None  # search on this seed's expert subset (None: the run's own subset)
+    select_replicate: int | None  # search on this expert replicate (None: the run's own replicate)
     select_grid: dict[str, dict[str, list[float]]]
     report: ReportConfig
 
@@ -312,6 +313,8 @@ def config_hash(config: RunConfig, categories: list[str]) -> str:
     }
     if config.select == "validation" and config.select_subset_seed is not None:
         identity["select_subset_seed"] = config.select_subset_seed  # absent otherwise: older hashes hold
+    if config.select == "validation" and config.select_replicate is not None:
+        identity["select_replicate"] = config.select_replicate
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
@@ -353,11 +356,14 @@ def validate(composed: Any) -> RunSpec:
             raise ConfigError(
                 "experts.init: 'different' needs experts.base_kind=base (the second zoo init has no it base)"
             )
-        if config.experts.replicate not in zoo.REPLICATES:
-            raise ConfigError(
-                f"experts.replicate: {config.experts.replicate!r} is not allowed; "
-                f"allowed: {', '.join(map(str, zoo.REPLICATES))}"
-            )
+        for key, replicate in (
+            ("experts.replicate", config.experts.replicate),
+            ("select_replicate", config.select_replicate),
+        ):
+            if replicate is not None and replicate not in zoo.REPLICATES:
+                raise ConfigError(
+                    f"{key}: {replicate!r} is not allowed; allowed: {', '.join(map(str, zoo.REPLICATES))}"
+                )
         if config.experts.replicate and config.experts.init != "shared":
             raise ConfigError(
                 "experts.replicate: replicates are fine-tuned from the init-0 base; allowed with "

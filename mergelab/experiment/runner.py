@@ -6,8 +6,9 @@ the held-in tasks (those of the merged experts' categories) and the held-out tas
 by its reference (held-in: the category's expert; held-out: the base zero-shot; second view: the
 multitask baseline) and writes one parquet fragment per run. `select=validation` first searches the
 method's grid (`select_grid`) on the validation splits and evaluates the best point on `eval.split`.
-With `select_subset_seed` the search merges the subset of that seed instead, once, and every subset
-seed of the same configuration reuses its cached choice.
+With `select_subset_seed` (and `select_replicate`) the search merges the subset of that seed (and the
+experts of that replicate) instead, once, and every subset seed (and replicate) of the same configuration
+reuses its cached choice.
 
 `mergelab run -m ...` sweeps with Hydra's launchers (joblib by default); `run_study` runs a study's sweep
 in this process, one run after another.
@@ -211,23 +212,29 @@ def select_on_validation(spec, models, tasks, tokenizer, cache, device) -> dict[
 
 
 def selection_run(spec: RunSpec) -> RunSpec:
-    """The run whose experts the validation search merges: `spec` itself, or, with `select_subset_seed`,
-    the same run with the expert subset drawn by that seed (so every subset seed shares one search)."""
+    """The run whose experts the validation search merges: `spec` itself, or, with `select_subset_seed`
+    and/or `select_replicate`, the same run with the expert subset drawn by that seed and the experts of
+    that replicate (so every subset seed and replicate shares one search)."""
     seed = spec.config.select_subset_seed
-    if seed is None or seed == spec.config.experts.subset_seed:
-        return spec
-    config = dataclasses.replace(
-        spec.config, experts=dataclasses.replace(spec.config.experts, subset_seed=seed)
+    replicate = spec.config.select_replicate
+    experts = spec.config.experts
+    wanted = dataclasses.replace(
+        experts,
+        subset_seed=experts.subset_seed if seed is None else seed,
+        replicate=experts.replicate if replicate is None else replicate,
     )
+    if wanted == experts:
+        return spec
+    config = dataclasses.replace(spec.config, experts=wanted)
     categories = choose_categories(config)
     return RunSpec(config, spec.method, spec.hparams, categories, config_hash(config, categories))
 
 
 def chosen_hyperparameters(spec: RunSpec, tokenizer, cache: ReferenceCache, device) -> dict[str, Any]:
-    """The validation search's choice; with `select_subset_seed` it is cached in
-    `<results_dir>/<study>/selections/<hash of the searched run>.json` and reused by the other subsets."""
+    """The validation search's choice; with `select_subset_seed` or `select_replicate` it is cached in
+    `<results_dir>/<study>/selections/<hash of the searched run>.json` and reused by the runs sharing it."""
     search = selection_run(spec)
-    if spec.config.select_subset_seed is None:
+    if spec.config.select_subset_seed is None and spec.config.select_replicate is None:
         return select_on_validation(
             search, locate_models(search), task_plan(search), tokenizer, cache, device
         )
@@ -239,6 +246,7 @@ def chosen_hyperparameters(spec: RunSpec, tokenizer, cache: ReferenceCache, devi
         "hyperparameters": chosen,
         "experts": search.categories,
         "subset_seed": search.config.experts.subset_seed,
+        "replicate": search.config.experts.replicate,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
