@@ -179,7 +179,9 @@ def test_select_replicate_shares_one_search_across_replicates(micro_zoo):
         return validate(compose(["model=micro", "experts.n_experts=2", "select=validation", *extra]))
 
     shared = ["select_subset_seed=0", "select_replicate=0"]
-    runs = [spec(*shared, f"experts.replicate={r}", f"experts.subset_seed={s}") for r in (0, 1) for s in (0, 1)]
+    runs = [
+        spec(*shared, f"experts.replicate={r}", f"experts.subset_seed={s}") for r in (0, 1) for s in (0, 1)
+    ]
     searches = [runner.selection_run(run) for run in runs]
     assert searches[0] is runs[0]
     assert {search.config_hash for search in searches} == {runs[0].config_hash}
