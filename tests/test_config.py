@@ -134,6 +134,7 @@ def test_expert_subsets_are_seeded_and_in_suite_order(micro_zoo):
         (["merge.sine=sum"], "unknown key 'merge.sine'; allowed keys: method, density, scale"),
         (["+merge.sine=sum"], "merge: unknown hyperparameter(s) ['sine'] for method 'ties'"),
         (["select=validation", "eval=held_out"], "select: 'validation' needs eval.held_in=true"),
+        (["select=validation", "merge=della"], "select_grid: no grid for method 'della'"),
         (["device=gpu"], "device: 'gpu' is not allowed; allowed: auto, cpu, cuda"),
         (["model=t5-base"], "model.arch: 'seq2seq_lm' is evaluated only on the T0 suite (eval=t0)"),
         (["model=pythia-410m", "model.path=null"], "model.path: required for the hub preset 'pythia-410m'"),

@@ -388,6 +388,12 @@ def validate(composed: Any) -> RunSpec:
     if config.select == "validation":
         if not config.eval.held_in:
             raise ConfigError("select: 'validation' needs eval.held_in=true (it maximizes the held-in score)")
+        if method not in config.select_grid:
+            raise ConfigError(
+                f"select_grid: no grid for method '{method}' (select=validation searches "
+                f"select_grid.{method}); give one, e.g. +select_grid.{method}.scale=[0.5,1.0], or use "
+                f"select=none; methods with a grid: {', '.join(sorted(config.select_grid))}"
+            )
         for point in selection_points(config, method, merge):
             _check_method(method, point, f"select_grid.{method}")
     categories = choose_categories(config)
