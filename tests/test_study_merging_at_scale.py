@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -191,6 +193,30 @@ def test_select_replicate_shares_one_search_across_replicates(micro_zoo):
     assert own.config.experts.replicate == 1
     with pytest.raises(ConfigError, match="select_replicate: 3 is not allowed"):
         spec("select_replicate=3")
+
+
+def test_parallel_runs_sharing_a_search_run_it_once(micro_zoo, tmp_path, monkeypatch):
+    searched = []
+
+    def slow_search(search, *_):
+        searched.append(search.config_hash)
+        time.sleep(0.5)  # long enough that the second worker asks while the first still searches
+        return {"scale": 0.5 + len(searched)}
+
+    monkeypatch.setattr(runner, "select_on_validation", slow_search)
+    runs = [
+        validate(
+            compose(
+                ["model=micro", "experts.n_experts=2", "select=validation", "select_subset_seed=0"]
+                + ["select_replicate=0", f"experts.replicate={replicate}", f"results_dir={tmp_path}"]
+            )
+        )
+        for replicate in (0, 1)
+    ]
+    with ThreadPoolExecutor(2) as pool:
+        chosen = list(pool.map(lambda run: runner.chosen_hyperparameters(run, None, None, "cpu"), runs))
+    assert searched == [runs[0].config_hash]
+    assert chosen == [{"scale": 1.5}, {"scale": 1.5}]
 
 
 def scores_by_configuration(rows: pd.DataFrame) -> pd.DataFrame:

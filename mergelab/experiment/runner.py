@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import math
 import os
@@ -239,20 +240,34 @@ def chosen_hyperparameters(spec: RunSpec, tokenizer, cache: ReferenceCache, devi
             search, locate_models(search), task_plan(search), tokenizer, cache, device
         )
     path = Path(spec.config.results_dir) / spec.config.study / "selections" / f"{search.config_hash}.json"
-    if path.is_file() and not spec.config.force:
-        return json.loads(path.read_text())["hyperparameters"]
-    chosen = select_on_validation(search, locate_models(search), task_plan(search), tokenizer, cache, device)
-    record = {
-        "hyperparameters": chosen,
-        "experts": search.categories,
-        "subset_seed": search.config.experts.subset_seed,
-        "replicate": search.config.experts.replicate,
-    }
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(record, sort_keys=True))
-    os.replace(temporary, path)
+    with _exclusive(path.with_name(f".{path.name}.lock")):  # parallel workers wait for one shared search
+        if path.is_file() and not spec.config.force:
+            return json.loads(path.read_text())["hyperparameters"]
+        chosen = select_on_validation(
+            search, locate_models(search), task_plan(search), tokenizer, cache, device
+        )
+        record = {
+            "hyperparameters": chosen,
+            "experts": search.categories,
+            "subset_seed": search.config.experts.subset_seed,
+            "replicate": search.config.experts.replicate,
+        }
+        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        temporary.write_text(json.dumps(record, sort_keys=True))
+        os.replace(temporary, path)
     return chosen
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """Hold an exclusive advisory lock on `lock_path` (released when the holder exits, even if killed)."""
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def peak_memory_bytes(device: torch.device, merge_peak: int) -> int:
