@@ -4,7 +4,7 @@
 # Two lanes run side by side, one build per core (a build trains on one thread): xs then m, and s then l,
 # so each lane holds about half of the training. Each size is scored as soon as its replicates are built
 # (scripts/zoo_card.py saves the scores next to the zoo), and the card is rendered from those at the end.
-#   MERGELAB_HOME=... bash scripts/build_ladder.sh      (71 minutes on this 2-core machine, 2026-12-04)
+#   MERGELAB_HOME=... bash scripts/build_ladder.sh      (54 minutes on an otherwise idle 2-core machine, 2026-12-07; 71 with a third process beside it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
