@@ -253,6 +253,7 @@ def test_micro_study_matches_the_committed_golden_numbers(micro_zoo, tmp_path, s
         "merging_at_scale_micro",
         "merging_at_scale_v2",
         "merging_at_scale_v3",
+        "merging_at_scale_v4",
     ],
 )
 def test_committed_study_regenerates_its_report(name, tmp_path):
