@@ -25,6 +25,7 @@ STUDY_OVERLAYS = {  # committed study -> the experiment overlay whose report reg
     "ties_micro": "ties_micro",
     "ties_v2": "ties_v2",
     "ties_v3": "ties_v3",
+    "ties_v4": "ties_v4",
 }
 
 
