@@ -10,7 +10,13 @@ from pathlib import Path
 
 import torch
 
-from mergelab.experiment.zoo_card import add_replicate_scores, evaluate_size, load_size_scores, render_card
+from mergelab.experiment.zoo_card import (
+    add_replicate_scores,
+    card_notes,
+    evaluate_size,
+    load_size_scores,
+    render_card,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,7 +35,12 @@ def main() -> int:
         action="store_true",
         help="with --cached: first score the experts of replicates built since (mergelab zoo build replicate=1)",
     )
-    parser.add_argument("--note", action="append", default=[], help="a note for the card (repeatable)")
+    parser.add_argument(
+        "--note",
+        action="append",
+        default=[],
+        help="a note for the card (repeatable; without it the notes of the card at --out are kept)",
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -46,7 +57,8 @@ def main() -> int:
         load_size_scores(size) if args.cached else evaluate_size(size, args.max_examples)
         for size in args.sizes
     ]
-    card = render_card(ladder, args.note)
+    kept = card_notes(args.out.read_text()) if args.out.is_file() else []
+    card = render_card(ladder, args.note or kept)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(card)
     print(card)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mergelab.experiment.zoo_card import SizeScores, gates, reference_table
+from mergelab.experiment.zoo_card import SizeScores, card_notes, gates, reference_table
 from mergelab.zoo.suite import TaskSuite
 from mergelab.zoo.tasks import TaskSpec
 
@@ -93,3 +93,9 @@ def test_reference_table_gives_each_held_out_score_its_interval_and_flags_near_c
     assert rows["o1"] == "| o1 | 0.250 | 0.25 [0.19, 0.31] near chance | 0.50 [0.43, 0.57] |"
     # p1: it 0.6 vs chance 0.5: standard error sqrt(0.24 / 200) = 0.0346, 0.1 > 0.069 -> clear.
     assert rows["p1"] == "| p1 | 0.500 | 0.50 [0.43, 0.57] near chance | 0.60 [0.53, 0.67] |"
+
+
+def test_a_rerendered_card_keeps_the_notes_of_the_card_it_replaces():
+    card = "# Zoo card\n\n| gate | passed |\n|---|---|\n| xs - a | yes |\n\n## Notes\n\n- first note\n- second: `x`\n"
+    assert card_notes(card) == ["first note", "second: `x`"]
+    assert card_notes("# Zoo card\n\n- a list item outside the notes\n") == []

@@ -262,6 +262,14 @@ def reference_table(ladder: list[SizeScores], suite: TaskSuite) -> list[str]:
     return lines
 
 
+def card_notes(card: str) -> list[str]:
+    """The bullets of a rendered card's Notes section (hand-written findings that a re-render keeps)."""
+    _, found, notes = card.partition("\n## Notes\n")
+    if not found:
+        return []
+    return [line[2:] for line in notes.splitlines() if line.startswith("- ")]
+
+
 def render_card(ladder: list[SizeScores], notes: list[str] | None = None) -> str:
     """The zoo card markdown: summary per size, experts per category, held-out references against chance,
     chance levels, gates, notes."""
