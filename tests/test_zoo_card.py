@@ -66,7 +66,7 @@ def test_expert_gate_accepts_thirty_points_over_base_and_loss_must_fall_along_th
     ladder = [scores("xs", 2.0, 0.81, 0.5), scores("s", 2.1, 0.81, 0.5)]
     results = {gate: (ok, text) for gate, ok, text in gates(ladder, suite)}
     assert results["xs: every expert >= 0.9 on its category (or +0.30 over both bases)"][0]
-    assert results["pretraining val loss falls along the ladder"] == (False, "xs 2.000 > s 2.100")
+    assert results["pretraining val loss falls along the ladder"] == (False, "xs 2.0000 > s 2.1000")
 
 
 def test_expert_gate_covers_the_experts_of_every_replicate():

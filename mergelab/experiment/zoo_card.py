@@ -227,7 +227,7 @@ def gates(ladder: list[SizeScores], suite: TaskSuite) -> list[tuple[str, bool, s
         (
             "pretraining val loss falls along the ladder",
             len(losses) >= 2 and all(a > b for a, b in zip(losses, losses[1:])),
-            " > ".join(f"{s.size} {s.val_loss:.3f}" for s in ladder)
+            " > ".join(f"{s.size} {s.val_loss:.4f}" for s in ladder)
             + (" (needs 2 sizes)" if len(losses) < 2 else ""),
         )
     )
@@ -293,7 +293,7 @@ def render_card(ladder: list[SizeScores], notes: list[str] | None = None) -> str
             return f"{s.group_mean(label, suite, group):.3f}"
 
         lines.append(
-            f"| {s.size} | {s.parameters:,} | {s.val_loss:.3f} | {s.train_seconds:.0f} | {s.device} | "
+            f"| {s.size} | {s.parameters:,} | {s.val_loss:.4f} | {s.train_seconds:.0f} | {s.device} | "
             f"{_mean(s.expert_own['base'].values()):.3f} / {_mean(s.expert_own['it'].values()):.3f} | "
             f"{g('base/base', 'held_in')} | {g('base/base', 'held_out')} | {g('it/base', 'held_in')} | "
             f"{g('it/base', 'held_out')} | {g('base/multitask', 'held_in')} / {g('it/multitask', 'held_in')} | "
