@@ -75,9 +75,10 @@ class SizeSpec:
     # 0.687 held-out vs 0.581 for 400 steps with 8 (the pretrained base: 0.654). At xs and s (suite v4)
     # the rehearsal also weighs 3 times the task loss: xs 0.645 held-out vs 0.622 with weight 1 and 16
     # windows (pretrained base 0.629; other step counts, windows and weights 0.60-0.65, see results/zoo),
-    # s 0.721 vs 0.677 (pretrained base 0.684). m and l keep weight 1; l tunes 100 steps (chosen on the
-    # held-out tasks' train splits over six recipes on its 3,000-step base: 0.689 vs 200 steps 0.663,
-    # the pretrained base 0.680; see results/zoo).
+    # s 0.721 vs 0.677 (pretrained base 0.684). The m and l recipes were chosen on the held-out tasks' train
+    # splits (300 examples per task, items no component trains on) over six recipes each, on their
+    # longer-pretrained bases (2026-12-07): m 32 windows weighted 3x (0.680; the pretrained base 0.665, 200
+    # steps at weight 1 0.660), l 100 steps at weight 1 (0.689; the base 0.680, 200 steps 0.663).
     it_rehearsal_batch: int = 16
     it_rehearsal_weight: float = 1.0
     # Categories whose experts train longer than `expert_steps` (a multiple of it): the ones that missed
@@ -143,6 +144,8 @@ SIZES: dict[str, SizeSpec] = {
         pretrain_lr=1e-3,
         finetune_lr=7e-4,
         rehearsal_batch=4,
+        it_rehearsal_batch=32,
+        it_rehearsal_weight=3.0,
     ),
     "l": SizeSpec(
         hidden=256,
