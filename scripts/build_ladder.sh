@@ -4,7 +4,8 @@
 # Two lanes run side by side, one build per core (a build trains on one thread): xs then m, and s then l,
 # so each lane holds about half of the training. Each size is scored as soon as its replicates are built
 # (scripts/zoo_card.py saves the scores next to the zoo), and the card is rendered from those at the end.
-#   MERGELAB_HOME=... bash scripts/build_ladder.sh      (54 minutes on an otherwise idle 2-core machine, 2026-12-07; 71 with a third process beside it)
+#   MERGELAB_HOME=... bash scripts/build_ladder.sh      (about an hour: the third build's lanes sum to 47 and 60 minutes of training;
+#   54 minutes measured on an idle 2-core machine before m and l pretrained longer, 2026-12-07)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
