@@ -76,7 +76,7 @@ class SizeSpec:
     # the rehearsal also weighs 3 times the task loss: xs 0.645 held-out vs 0.622 with weight 1 and 16
     # windows (pretrained base 0.629; other step counts, windows and weights 0.60-0.65, see results/zoo),
     # s 0.721 vs 0.677 (pretrained base 0.684). The m and l recipes were chosen on the held-out tasks' train
-    # splits (300 examples per task, items no component trains on) over six recipes each, on their
+    # splits (300 examples per task, items no component trains on) over five (m) and six (l) recipes, on their
     # longer-pretrained bases (2026-12-07): m 32 windows weighted 3x (0.680; the pretrained base 0.665, 200
     # steps at weight 1 0.660), l 100 steps at weight 1 (0.689; the base 0.680, 200 steps 0.663).
     it_rehearsal_batch: int = 16
