@@ -12,7 +12,7 @@ from mergelab.methods.base import MergeConfigError
 from mergelab.stats.data import Example
 from mergelab.stats.encode import encode_examples
 from mergelab.stats.fisher import fisher_diagonal
-from mergelab.zoo.tokenizer import train_tokenizer
+from mergelab.zoo.tokenizer import word_tokenizer
 
 WORDS = "a b c d e"
 
@@ -41,7 +41,7 @@ def _one_thread(single_torch_thread):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return train_tokenizer([WORDS])
+    return word_tokenizer(WORDS.split())
 
 
 def token(tokenizer, word: str) -> int:

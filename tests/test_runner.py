@@ -296,3 +296,22 @@ def test_hub_preset_runs_through_the_same_path_on_local_checkpoints(micro_zoo, t
     assert set(rows["model"]) == {"pythia-410m"} and rows["multitask_reference"].isna().all()
     columns = ["task", "value", "reference", "normalized"]
     pd.testing.assert_frame_equal(rows[columns], zoo_rows[columns])
+
+
+def test_cached_references_are_keyed_by_the_suite_version(micro_zoo, tmp_path, monkeypatch):
+    """A reference score is reused for the same model, task and suite, and recomputed once the suite is
+    rebuilt at another version (which may give a task other examples under the same name)."""
+    from mergelab.experiment.config import EvalConfig
+    from mergelab.experiment.scoring import ReferenceCache
+    from mergelab.zoo import suite
+
+    settings = EvalConfig(True, True, "test", 8, 8, False, False, "zoo", None)
+    cache = ReferenceCache(tmp_path, settings, torch.device("cpu"), progress=False)
+    base = zoo.model_path("micro", "base", "base")
+    first = cache.outcomes(base, {"nli_color": "classification"}, "test")["nli_color"]
+    assert len(list((tmp_path / "_references").rglob("nli_color.json"))) == 1
+    assert cache.outcomes(base, {"nli_color": "classification"}, "test")["nli_color"] == first
+    assert len(list((tmp_path / "_references").rglob("nli_color.json"))) == 1
+    monkeypatch.setattr(suite, "SUITE_VERSION", suite.SUITE_VERSION + 1)
+    cache.outcomes(base, {"nli_color": "classification"}, "test")
+    assert len(list((tmp_path / "_references").rglob("nli_color.json"))) == 2

@@ -16,7 +16,7 @@ from mergelab.stats import (
     expert_statistic,
     load_examples,
 )
-from mergelab.zoo.tokenizer import train_tokenizer
+from mergelab.zoo.tokenizer import word_tokenizer
 from tests.conftest import fine_tune_like, tiny_llama
 
 WORDS = "is the sky blue red green yes no answer : a b c"
@@ -25,7 +25,7 @@ WORDS = "is the sky blue red green yes no answer : a b c"
 @pytest.fixture
 def expert_dir(tmp_path):
     """A tiny Llama expert with its own word-level tokenizer."""
-    tokenizer = train_tokenizer([WORDS])
+    tokenizer = word_tokenizer(WORDS.split())
     model = tiny_llama(seed=0, vocab_size=len(tokenizer))
     path = tmp_path / "expert"
     model.save_pretrained(path)

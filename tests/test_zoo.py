@@ -67,15 +67,12 @@ def test_answers_follow_the_world_for_choice_and_counting_tasks():
 
 
 def test_verdict_tasks_are_balanced_and_true_to_the_world():
-    """Every yes / no and true / false task gives each verdict to half of every split (a model that always
-    says 'true' scores chance), and a statement's verdict is whether the world has that fact; the
-    instruction mixture's multi-hop task answers the friend's shape."""
+    """Every yes / no task gives each verdict to half of every split (a model that always says 'yes'
+    scores chance); the instruction mixture's multi-hop task answers the friend's shape."""
     world = make_world(0)
     definitions = {definition.spec.name: definition for definition in task_definitions()}
-    verdict_tasks = [
-        name for name, d in definitions.items() if set(d.spec.choices) in ({"yes", "no"}, {"true", "false"})
-    ]
-    assert {"nli_color", "nli_food", "shape_check", "animal_check", "smaller_digit"} <= set(verdict_tasks)
+    verdict_tasks = [name for name, d in definitions.items() if set(d.spec.choices) == {"yes", "no"}]
+    assert {"shape_check", "animal_check", "smaller_digit"} <= set(verdict_tasks)
     for name in verdict_tasks:
         for split in ("train", "validation", "test"):
             counts = Counter(generate_split(definitions[name], world, split, seed=0)["target"])
@@ -84,14 +81,46 @@ def test_verdict_tasks_are_balanced_and_true_to_the_world():
                 split,
                 counts,
             )
-    for name, attribute in (("nli_color", "color"), ("nli_food", "food")):
-        columns = generate_split(definitions[name], world, "test", seed=0)
-        for entity, prompt, target in zip(columns["entity"], columns["prompt"], columns["target"]):
-            value = world.entity(entity).attributes[attribute]
-            assert (f" {value} ." in prompt) == (target == " true"), (name, prompt, target)
     columns = generate_split(definitions["friend_shape"], world, "test", seed=0)
     for entity, target in zip(columns["entity"], columns["target"]):
         assert target == " " + world.entity(world.entity(entity).friend).attributes["shape"]
+
+
+def test_nli_offers_the_hypothesis_the_premise_entails_and_one_it_contradicts():
+    """The premise states an attribute of two entities (both of the split); the choices state it of one of
+    them, once with its own value (the target) and once with the other's, in either order."""
+    world = make_world(0)
+    definitions = {definition.spec.name: definition for definition in task_definitions()}
+    for name, attribute, noun in (("nli_color", "color", "color"), ("nli_food", "food", "food")):
+        columns = generate_split(definitions[name], world, "test", seed=0)
+        assert definitions[name].spec.chance == 0.5
+        for prompt, choices, target, label, entity in zip(
+            columns["prompt"], columns["choices"], columns["target"], columns["label"], columns["entity"]
+        ):
+            named = [word for word in prompt.split() if word in world.names]
+            assert len(named) == 2 and entity in named and split_of(named[0]) == split_of(named[1]) == "test"
+            other = world.entity(next(word for word in named if word != entity))
+            own = world.entity(entity).attributes[attribute]
+            assert f" {own} " in prompt and f" {other.attributes[attribute]} " in prompt
+            assert target == choices[label] == f" the {noun} of {entity} is {own} ."
+            assert choices[1 - label] == f" the {noun} of {entity} is {other.attributes[attribute]} ."
+        assert 70 < sum(columns["label"]) < 130, name
+
+
+def test_coreference_fills_each_name_into_the_sentence_and_answers_the_one_it_fits():
+    world = make_world(0)
+    definition = next(d for d in task_definitions() if d.spec.name == "coref_color")
+    columns = generate_split(definition, world, "test", seed=0)
+    for prompt, choices, target, label in zip(
+        columns["prompt"], columns["choices"], columns["target"], columns["label"]
+    ):
+        first, second = (name for name in prompt.split() if name in world.names)
+        value = prompt.split(" colored ")[1].split()[0]
+        assert choices == [f" {first} is colored {value} .", f" {second} is colored {value} ."]
+        assert target == choices[label]
+        answer, wrong = (first, second) if label == 0 else (second, first)
+        assert world.entity(answer).attributes["color"] == value != world.entity(wrong).attributes["color"]
+    assert 70 < sum(columns["label"]) < 130
 
 
 def test_suite_generation_is_deterministic_and_splits_differ():
@@ -164,6 +193,24 @@ def test_tokenizer_round_trips_task_text(micro_zoo):
         == tokenizer(row["prompt"]).input_ids + tokenizer(row["target"], add_special_tokens=False).input_ids
     )
     assert {tokenizer.pad_token, tokenizer.eos_token} == {"<pad>", "<eos>"}
+
+
+def test_the_tokenizer_keeps_the_pinned_ids_and_names_words_missing_from_them(micro_zoo, monkeypatch):
+    """Token ids are the pinned vocabulary's line numbers whatever the suite's text, and a suite word the
+    vocabulary lacks is a clear error before any tokenizer is saved."""
+    from transformers import AutoTokenizer
+
+    from mergelab.zoo.tokenizer import zoo_vocabulary
+
+    tokenizer = AutoTokenizer.from_pretrained(zoo.tokenizer_path())
+    vocabulary = zoo_vocabulary()
+    assert tokenizer.convert_ids_to_tokens(list(range(len(vocabulary)))) == vocabulary
+    monkeypatch.setenv("MERGELAB_HOME", str(micro_zoo / "vocabulary_check"))
+    shutil.copytree(micro_zoo / "zoo" / "suite", micro_zoo / "vocabulary_check" / "zoo" / "suite")
+    monkeypatch.setattr(ladder, "zoo_vocabulary", lambda: [word for word in vocabulary if word != "premise"])
+    with pytest.raises(zoo.ZooError, match=r"missing from the zoo vocabulary .*\['premise'\]"):
+        ladder.build_tokenizer()
+    assert not (micro_zoo / "vocabulary_check" / "zoo" / "tokenizer").exists()
 
 
 def test_components_are_hf_model_dirs(micro_zoo):

@@ -91,7 +91,11 @@ class ReferenceCache:
 
     def _file(self, model_path: str | Path, split: str, task: str) -> Path:
         options = f"{split}-n{self.settings.max_examples}-ln{int(self.settings.length_normalize)}"
-        if self.settings.suite != "zoo":  # the zoo's cache names predate other suites
+        if self.settings.suite == "zoo":  # a rebuilt suite may change a task's examples under its name
+            from mergelab.zoo.suite import SUITE_VERSION
+
+            options += f"-zoo{SUITE_VERSION}"
+        else:
             from mergelab.eval.suites import t0
 
             source = hashlib.sha256(str(t0.data_dir(self.settings.data_dir)).encode()).hexdigest()[:8]

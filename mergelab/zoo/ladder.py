@@ -37,7 +37,7 @@ from transformers.utils import logging as hf_logging
 
 from mergelab.zoo.cache import ZooError, atomic_directory, read_manifest, write_manifest, zoo_home
 from mergelab.zoo.suite import TaskSuite, build_suite, corpus_lines, load_suite, load_task
-from mergelab.zoo.tokenizer import train_tokenizer
+from mergelab.zoo.tokenizer import VOCABULARY_FILE, word_tokenizer, zoo_vocabulary
 from mergelab.zoo.train import answer_batches, packed_batches, stream_loss, train_loop
 
 BASE_KINDS = ("base", "it")
@@ -230,19 +230,31 @@ def tokenizer_path() -> Path:
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
+    """The zoo tokenizer over the pinned vocabulary, saved once; every word the corpus and the suite use
+    must be in that vocabulary."""
     path = tokenizer_path()
     if not (path / "tokenizer.json").exists():
         build_suite()
-        texts = corpus_lines("train") + corpus_lines("validation")
-        for name in load_suite().tasks:
-            for split in ("train", "validation", "test"):
-                data = load_task(name, split)
-                texts += (
-                    list(data["prompt"]) + list(data["target"]) + [c for row in data["choices"] for c in row]
-                )
+        vocabulary = set(zoo_vocabulary())
+        unknown = set()
+        for text in _suite_texts():
+            unknown.update(word for word in text.split() if word not in vocabulary)
+        if unknown:
+            raise ZooError(f"words missing from the zoo vocabulary ({VOCABULARY_FILE}): {sorted(unknown)}")
         with atomic_directory(path) as staging:
-            train_tokenizer(texts).save_pretrained(staging)
+            word_tokenizer(zoo_vocabulary()).save_pretrained(staging)
     return AutoTokenizer.from_pretrained(path)
+
+
+def _suite_texts() -> Iterator[str]:
+    """Every line of the corpus and every prompt, target and choice of every task split."""
+    yield from corpus_lines("train") + corpus_lines("validation")
+    for name in load_suite().tasks:
+        for split in ("train", "validation", "test"):
+            data = load_task(name, split)
+            yield from data["prompt"]
+            yield from data["target"]
+            yield from (choice for row in data["choices"] for choice in row)
 
 
 def encode_task(tokenizer, name: str, split: str = "train") -> list[tuple[list[int], list[int]]]:
