@@ -68,7 +68,8 @@ def test_answers_follow_the_world_for_choice_and_counting_tasks():
 
 def test_verdict_tasks_are_balanced_and_true_to_the_world():
     """Every yes / no task gives each verdict to half of every split (a model that always says 'yes'
-    scores chance); the instruction mixture's multi-hop task answers the friend's shape."""
+    scores chance); the instruction mixture's multi-hop task answers the friend's shape, and its "where"
+    question the entity's place, in templates no held-in task uses."""
     world = make_world(0)
     definitions = {definition.spec.name: definition for definition in task_definitions()}
     verdict_tasks = [name for name, d in definitions.items() if set(d.spec.choices) == {"yes", "no"}]
@@ -84,6 +85,12 @@ def test_verdict_tasks_are_balanced_and_true_to_the_world():
     columns = generate_split(definitions["friend_shape"], world, "test", seed=0)
     for entity, target in zip(columns["entity"], columns["target"]):
         assert target == " " + world.entity(world.entity(entity).friend).attributes["shape"]
+    columns = generate_split(definitions["where_live"], world, "test", seed=0)
+    assert all(
+        t == " " + world.entity(e).attributes["place"] for e, t in zip(columns["entity"], columns["target"])
+    )
+    held_in_templates = {t for d in definitions.values() if d.spec.group == "held_in" for t in d.templates}
+    assert not set(definitions["where_live"].templates) & held_in_templates
 
 
 def test_nli_offers_the_hypothesis_the_premise_entails_and_one_it_contradicts():

@@ -14,7 +14,7 @@ from mergelab.zoo.tasks import SPLIT_SIZES, TaskSpec, generate_split, task_defin
 from mergelab.zoo.world import corpus, make_world
 
 SUITE_SEED = 0
-SUITE_VERSION = 8
+SUITE_VERSION = 9
 CORPUS_LINES = {"train": 50_000, "validation": 2_000}
 
 
