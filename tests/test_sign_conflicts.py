@@ -103,3 +103,25 @@ def test_bad_expert_counts_and_subsets_are_named():
     histogram = sign_pattern_histogram(BASE, EXPERTS, density=None)
     with pytest.raises(ValueError, match="names an expert outside 0..2"):
         conflict_fraction(histogram, [0, 3])
+
+
+def test_a_conflict_table_is_recomputed_once_its_experts_are_rebuilt(micro_zoo, tmp_path):
+    """The table records the digest of the experts it came from; a table of other experts (a rebuilt zoo)
+    is computed again, one that predates the digest is kept as it is."""
+    import pandas as pd
+
+    from mergelab.studies.ties import write_conflicts
+
+    rows = pd.DataFrame({"model": ["micro"], "base_kind": ["base"]})
+    write_conflicts(rows, tmp_path)
+    table_path = tmp_path / "sign_conflicts.csv"
+    fresh = pd.read_csv(table_path, dtype={"zoo_digest": str})
+    assert fresh["zoo_digest"].nunique() == 1 and len(fresh["zoo_digest"][0]) == 16
+    stale = fresh.assign(zoo_digest="0" * 16, conflict_fraction=-1.0)
+    stale.to_csv(table_path, index=False)
+    write_conflicts(rows, tmp_path)
+    assert pd.read_csv(table_path, dtype={"zoo_digest": str}).equals(fresh)
+    legacy = fresh.drop(columns="zoo_digest").assign(conflict_fraction=-1.0)
+    legacy.to_csv(table_path, index=False)
+    write_conflicts(rows, tmp_path)
+    assert (pd.read_csv(table_path)["conflict_fraction"] == -1.0).all()

@@ -20,6 +20,7 @@ follows without a second pass. The histogram has 4^n bins, so at most `MAX_EXPER
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -193,8 +194,28 @@ def zoo_sign_conflicts(
         table = sign_conflicts(base, experts, densities)
         table.insert(0, "model", size)
         table.insert(1, "base_kind", kind)
+        table.insert(2, "zoo_digest", zoo_experts_digest(size, kind))
         frames.append(table)
     return pd.concat(frames, ignore_index=True)
+
+
+def zoo_experts_digest(size: str, base_kind: str) -> str | None:
+    """Identity of the weights a size's conflict table is computed from (its base and eight experts of
+    `base_kind`, from their manifests), or None where that base is not built here."""
+    from mergelab import zoo
+    from mergelab.zoo.cache import read_manifest
+
+    if read_manifest(zoo.model_path(size, base_kind, "base")) is None:
+        return None
+    categories = zoo.load_suite().held_in_categories
+    paths = [
+        zoo.model_path(size, base_kind, "base"),
+        *(zoo.model_path(size, base_kind, "expert", category) for category in categories),
+    ]
+    manifests = [read_manifest(path) for path in paths]
+    if any(manifest is None for manifest in manifests):
+        return None
+    return hashlib.sha256("".join(manifest["sha256"] for manifest in manifests).encode()).hexdigest()[:16]
 
 
 def draw_sign_conflicts(table: pd.DataFrame, path: Path) -> Path:

@@ -14,7 +14,8 @@ Each study module (`ties_methods`, `ties_ablation`, `ties_sensitivity`, `ties_mi
   task-arithmetic scale;
 - `sign_conflicts.{csv,md,png}` (when asked): the share of parameters with a sign conflict among the zoo
   experts against their number (see `mergelab.studies.sign_conflicts`). The CSV is computed from the zoo
-  only when missing, so a committed table regenerates its figure without the zoo.
+  when missing or when it records other experts than the zoo built here (`zoo_digest`), so a committed
+  table regenerates its figure without the zoo and a rebuilt zoo is never reported with its old experts.
 """
 
 from __future__ import annotations
@@ -265,14 +266,15 @@ def _write_markdown(path: Path, title: str, text: str, table: pd.DataFrame) -> P
 
 
 def write_conflicts(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """sign_conflicts.csv (computed from the zoo when missing), its markdown table and its figure."""
+    """sign_conflicts.csv (computed from the zoo when missing or stale), its markdown table and its figure."""
     from mergelab.studies.sign_conflicts import draw_sign_conflicts, random_sign_conflict, zoo_sign_conflicts
 
     table_path = out_dir / "sign_conflicts.csv"
-    if not table_path.is_file():
+    table = pd.read_csv(table_path, dtype={"zoo_digest": str}) if table_path.is_file() else None
+    if table is None or _zoo_rebuilt_since(table):
         conditions = sorted(set(zip(rows["model"], rows["base_kind"])))
-        zoo_sign_conflicts(conditions).to_csv(table_path, index=False)
-    table = pd.read_csv(table_path)
+        table = zoo_sign_conflicts(conditions)
+        table.to_csv(table_path, index=False)
     if "random_signs" not in table:  # a table computed before the baseline: its exact value needs no zoo
         table["random_signs"] = table["n_experts"].map(random_sign_conflict)
     text = (
@@ -291,6 +293,21 @@ def write_conflicts(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
         out_dir / "sign_conflicts.md", "Sign conflicts vs number of experts", text, table
     )
     return [table_path, markdown, draw_sign_conflicts(table, out_dir / "sign_conflicts.png")]
+
+
+def _zoo_rebuilt_since(table: pd.DataFrame) -> bool:
+    """Whether a conflict table records experts other than the zoo built here has (a table without
+    `zoo_digest`, computed before it was recorded, and a size not built here are taken as they are)."""
+    from mergelab.studies.sign_conflicts import zoo_experts_digest
+
+    if "zoo_digest" not in table:
+        return False
+    recorded = table.drop_duplicates(["model", "base_kind"])
+    for size, base_kind, digest in zip(recorded["model"], recorded["base_kind"], recorded["zoo_digest"]):
+        current = zoo_experts_digest(size, base_kind)
+        if current is not None and current != digest:
+            return True
+    return False
 
 
 def write_method_comparison(runs: pd.DataFrame, draws: RunDraws, out_dir: Path) -> list[Path]:
