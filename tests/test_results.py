@@ -36,6 +36,7 @@ def make_rows(config_hash: str, tasks: dict[str, tuple[str, str, float, float]],
         "peak_memory_bytes": 2**20,
         "device": "cpu",
         "config_hash": config_hash,
+        "models_digest": "0123456789abcdef",
         "git_commit": "abc",
         "created_at": "2026-11-23T00:00:00+00:00",
     } | overrides

@@ -315,3 +315,47 @@ def test_cached_references_are_keyed_by_the_suite_version(micro_zoo, tmp_path, m
     monkeypatch.setattr(suite, "SUITE_VERSION", suite.SUITE_VERSION + 1)
     cache.outcomes(base, {"nli_color": "classification"}, "test")
     assert len(list((tmp_path / "_references").rglob("nli_color.json"))) == 2
+
+
+def test_a_finished_run_and_its_search_are_done_again_once_their_models_are_rebuilt(
+    micro_zoo, tmp_path, monkeypatch
+):
+    """Rows and validation selections record the digest of the models they came from: a zoo rebuilt since
+    (another digest) runs them again, the same models skip them, and a record without a digest is kept."""
+    config = compose(
+        overrides(
+            tmp_path,
+            "merge=task_arithmetic",
+            "experts.n_experts=2",
+            "eval.held_out=false",
+            "select=validation",
+            "select_subset_seed=0",
+            "select_grid.task_arithmetic.scale=[0.5,1.0]",
+        )
+    )
+    first = runner.run_one(config)
+    spec = validate(config)
+    assert set(first["models_digest"]) == {runner.models_digest(runner.locate_models(spec))}
+    selection = next((tmp_path / "t" / "selections").glob("*.json"))
+    assert json.loads(selection.read_text())["models_digest"] == first["models_digest"].iloc[0]
+
+    executed = []
+    monkeypatch.setattr(runner, "execute", lambda spec: executed.append(spec) or first)
+    runner.run_one(config)
+    assert executed == []
+    monkeypatch.setattr(runner, "current_models_digest", lambda spec: "0" * 16)
+    runner.run_one(config)
+    assert len(executed) == 1
+    fragment = results.fragment_path("t", spec.config_hash, str(tmp_path))
+    results.write_fragment(first.assign(models_digest=None), fragment)
+    runner.run_one(config)
+    assert len(executed) == 1
+
+    monkeypatch.undo()
+    searches = []
+    monkeypatch.setattr(runner, "select_on_validation", lambda *args: searches.append(args) or {"scale": 1.0})
+    chosen = runner.chosen_hyperparameters(spec, None, None, torch.device("cpu"))
+    assert searches == [] and chosen == json.loads(selection.read_text())["hyperparameters"]
+    monkeypatch.setattr(runner, "current_models_digest", lambda spec: "0" * 16)
+    assert runner.chosen_hyperparameters(spec, None, None, torch.device("cpu")) == {"scale": 1.0}
+    assert len(searches) == 1

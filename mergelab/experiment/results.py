@@ -63,14 +63,15 @@ SCHEMA = pa.schema(
         ("peak_memory_bytes", pa.int64()),  # GPU peak on cuda, else the process's peak RSS
         ("device", pa.string()),
         ("config_hash", pa.string()),
+        ("models_digest", pa.string()),  # identity of the merged models' weights (`runner.models_digest`)
         ("git_commit", pa.string()),
         ("created_at", pa.string()),
     ]
 )
 COLUMNS = SCHEMA.names
 LIST_COLUMNS = [field.name for field in SCHEMA if pa.types.is_list(field.type)]
-# columns added with per-example correctness and expert replicates: rows from before them lack them
-LATER_COLUMNS = ["chance", "chance_corrected", *LIST_COLUMNS, "replicate"]
+# columns added with per-example correctness, expert replicates and model digests: older rows lack them
+LATER_COLUMNS = ["chance", "chance_corrected", *LIST_COLUMNS, "replicate", "models_digest"]
 
 
 class ResultsError(ValueError):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -49,7 +50,13 @@ from mergelab.experiment.config import (
 )
 from mergelab.experiment.intervals import chance_corrected
 from mergelab.experiment.model_checks import refuse_nonfinite_model, refuse_nonfinite_scores
-from mergelab.experiment.scoring import METRIC_OF_KIND, ReferenceCache, score_tasks, task_outcomes
+from mergelab.experiment.scoring import (
+    METRIC_OF_KIND,
+    ReferenceCache,
+    model_fingerprint,
+    score_tasks,
+    task_outcomes,
+)
 from mergelab.experiment.sweep import CONF_DIR, CONFIG_NAME, launches_here, plan
 from mergelab.methods import MergeConfigError
 
@@ -90,6 +97,22 @@ def locate_models(spec: RunSpec) -> RunModels:
                 f"run `mergelab zoo build size={size}{option}`"
             )
     return models
+
+
+def models_digest(models: RunModels) -> str:
+    """Identity of a run's base, experts and multitask baseline (their zoo manifest digests, else their
+    paths): a finished run or a validation search whose models were rebuilt since is done again."""
+    parts = [models.base, *(models.experts[c] for c in sorted(models.experts))]
+    parts += [models.multitask] if models.multitask else []
+    return hashlib.sha256("/".join(model_fingerprint(path) for path in parts).encode()).hexdigest()[:16]
+
+
+def current_models_digest(spec: RunSpec) -> str | None:
+    """`models_digest` of the run's models as they are now, or None where they are not available here."""
+    try:
+        return models_digest(locate_models(spec))
+    except ConfigError:
+        return None
 
 
 def task_plan(spec: RunSpec) -> dict[str, tuple[str, str, str]]:
@@ -243,11 +266,13 @@ def chosen_hyperparameters(spec: RunSpec, tokenizer, cache: ReferenceCache, devi
     path.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(path.with_name(f".{path.name}.lock")):  # parallel workers wait for one shared search
         if path.is_file() and not spec.config.force:
-            return json.loads(path.read_text())["hyperparameters"]
-        chosen = select_on_validation(
-            search, locate_models(search), task_plan(search), tokenizer, cache, device
-        )
+            record = json.loads(path.read_text())
+            if not _models_rebuilt(record.get("models_digest"), search):
+                return record["hyperparameters"]
+        models = locate_models(search)
+        chosen = select_on_validation(search, models, task_plan(search), tokenizer, cache, device)
         record = {
+            "models_digest": models_digest(models),
             "hyperparameters": chosen,
             "experts": search.categories,
             "subset_seed": search.config.experts.subset_seed,
@@ -367,6 +392,7 @@ def execute(spec: RunSpec) -> pd.DataFrame:
         "peak_memory_bytes": peak_memory_bytes(device, report.peak_device_bytes),
         "device": str(device),
         "config_hash": spec.config_hash,
+        "models_digest": models_digest(models),
         "git_commit": results.git_commit(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -387,13 +413,25 @@ def run_one(cfg: Any) -> pd.DataFrame:
         except results.ResultsError as error:
             print(f"run {spec.run_id}: {error}; running it again")
         else:
-            print(f"run {spec.run_id}: done before, skipped ({path})")
-            return rows
+            recorded = rows["models_digest"].iloc[0] if "models_digest" in rows else None
+            if not _models_rebuilt(recorded, spec):
+                print(f"run {spec.run_id}: done before, skipped ({path})")
+                return rows
+            print(f"run {spec.run_id}: its models were rebuilt since {path} was written; running it again")
     rows = execute(spec)
     results.write_fragment(rows, path)
     log_run(config, spec, rows)
     print_summary(rows)
     return rows
+
+
+def _models_rebuilt(recorded: object, spec: RunSpec) -> bool:
+    """Whether a result recorded with the models digest `recorded` came from other weights than the run's
+    models have now (a record without one, from before digests were kept, is taken as it is)."""
+    if not isinstance(recorded, str):
+        return False
+    current = current_models_digest(spec)
+    return current is not None and current != recorded
 
 
 def run_study(experiment: str, overrides: list[str] | None = None) -> pd.DataFrame:
