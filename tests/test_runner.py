@@ -28,6 +28,21 @@ def overrides(tmp_path: Path, *extra: str) -> list[str]:
     return [*FAST, f"results_dir={tmp_path}", "study=t", *extra]
 
 
+def scale_search(tmp_path: Path, grid: tuple[float, float], *extra: str):
+    """A two-expert task-arithmetic run (held-in only) whose scale is searched on validation over `grid`."""
+    return compose(
+        overrides(
+            tmp_path,
+            "merge=task_arithmetic",
+            "experts.n_experts=2",
+            "eval.held_out=false",
+            "select=validation",
+            f"select_grid.task_arithmetic.scale=[{grid[0]},{grid[1]}]",
+            *extra,
+        )
+    )
+
+
 def independent_score(model_path, task: str, split: str = "test", model=None) -> float:
     """A task score computed without the runner: load, then the evaluator directly."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -155,16 +170,7 @@ def test_select_validation_picks_the_best_scale_and_records_it(micro_zoo, tmp_pa
     from mergelab.api.merging import load_merged_model
 
     grid = [0.3, 1.0]
-    config = compose(
-        overrides(
-            tmp_path,
-            "merge=task_arithmetic",
-            "experts.n_experts=2",
-            "eval.held_out=false",
-            "select=validation",
-            f"select_grid.task_arithmetic.scale=[{grid[0]},{grid[1]}]",
-        )
-    )
+    config = scale_search(tmp_path, grid)
     spec = validate(config)
     rows = runner.run_one(config)
     suite = zoo.load_suite()
@@ -322,17 +328,7 @@ def test_a_finished_run_and_its_search_are_done_again_once_their_models_are_rebu
 ):
     """Rows and validation selections record the digest of the models they came from: a zoo rebuilt since
     (another digest) runs them again, the same models skip them, and a record without a digest is kept."""
-    config = compose(
-        overrides(
-            tmp_path,
-            "merge=task_arithmetic",
-            "experts.n_experts=2",
-            "eval.held_out=false",
-            "select=validation",
-            "select_subset_seed=0",
-            "select_grid.task_arithmetic.scale=[0.5,1.0]",
-        )
-    )
+    config = scale_search(tmp_path, (0.5, 1.0), "select_subset_seed=0")
     first = runner.run_one(config)
     spec = validate(config)
     assert set(first["models_digest"]) == {runner.models_digest(runner.locate_models(spec))}
