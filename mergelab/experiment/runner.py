@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import hashlib
 import json
 import math
 import os
@@ -53,7 +52,7 @@ from mergelab.experiment.model_checks import refuse_nonfinite_model, refuse_nonf
 from mergelab.experiment.scoring import (
     METRIC_OF_KIND,
     ReferenceCache,
-    model_fingerprint,
+    models_fingerprint,
     score_tasks,
     task_outcomes,
 )
@@ -103,8 +102,7 @@ def models_digest(models: RunModels) -> str:
     """Identity of a run's base, experts and multitask baseline (their zoo manifest digests, else their
     paths): a finished run or a validation search whose models were rebuilt since is done again."""
     parts = [models.base, *(models.experts[c] for c in sorted(models.experts))]
-    parts += [models.multitask] if models.multitask else []
-    return hashlib.sha256("/".join(model_fingerprint(path) for path in parts).encode()).hexdigest()[:16]
+    return models_fingerprint(parts + ([models.multitask] if models.multitask else []))
 
 
 def current_models_digest(spec: RunSpec) -> str | None:

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -77,6 +77,11 @@ def model_fingerprint(path: str | Path) -> str:
     except (OSError, KeyError, json.JSONDecodeError):
         identity = str(Path(path).resolve()) if Path(path).exists() else str(path)
     return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+def models_fingerprint(paths: Sequence[str | Path]) -> str:
+    """Identity of several models' weights together (`model_fingerprint` of each, in order)."""
+    return hashlib.sha256("/".join(model_fingerprint(path) for path in paths).encode()).hexdigest()[:16]
 
 
 class ReferenceCache:

@@ -20,7 +20,6 @@ follows without a second pass. The histogram has 4^n bins, so at most `MAX_EXPER
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -201,21 +200,15 @@ def zoo_sign_conflicts(
 
 def zoo_experts_digest(size: str, base_kind: str) -> str | None:
     """Identity of the weights a size's conflict table is computed from (its base and eight experts of
-    `base_kind`, from their manifests), or None where that base is not built here."""
+    `base_kind`), or None where that base is not built here."""
     from mergelab import zoo
-    from mergelab.zoo.cache import read_manifest
+    from mergelab.experiment.scoring import models_fingerprint
 
-    if read_manifest(zoo.model_path(size, base_kind, "base")) is None:
+    base = zoo.model_path(size, base_kind, "base")
+    if not (base / "manifest.json").is_file():
         return None
     categories = zoo.load_suite().held_in_categories
-    paths = [
-        zoo.model_path(size, base_kind, "base"),
-        *(zoo.model_path(size, base_kind, "expert", category) for category in categories),
-    ]
-    manifests = [read_manifest(path) for path in paths]
-    if any(manifest is None for manifest in manifests):
-        return None
-    return hashlib.sha256("".join(manifest["sha256"] for manifest in manifests).encode()).hexdigest()[:16]
+    return models_fingerprint([base, *(zoo.model_path(size, base_kind, "expert", c) for c in categories)])
 
 
 def draw_sign_conflicts(table: pd.DataFrame, path: Path) -> Path:
