@@ -237,14 +237,15 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     path = tokenizer_path()
     if not (path / "tokenizer.json").exists():
         build_suite()
-        vocabulary = set(zoo_vocabulary())
+        words = zoo_vocabulary()
+        known = set(words)
         unknown = set()
         for text in _suite_texts():
-            unknown.update(word for word in text.split() if word not in vocabulary)
+            unknown.update(word for word in text.split() if word not in known)
         if unknown:
             raise ZooError(f"words missing from the zoo vocabulary ({VOCABULARY_FILE}): {sorted(unknown)}")
         with atomic_directory(path) as staging:
-            word_tokenizer(zoo_vocabulary()).save_pretrained(staging)
+            word_tokenizer(words).save_pretrained(staging)
     return AutoTokenizer.from_pretrained(path)
 
 

@@ -9,8 +9,8 @@ choose between whole sentences, scored by their likelihood as lm-eval-harness sc
 v4 form (a "true or false ?" verdict, a name as the answer) left every base of every size at chance, since
 these models learn facts forward (name -> value) and do not learn to check a stated value. Every example
 names its `entity`: the entity, digit pair, three-digit number or word triple it asks about, the unit to
-cluster a bootstrap by. A split draws only items of its own split (`mergelab.zoo.world.split_of`), so no train prompt appears in
-validation or test.
+cluster a bootstrap by. A split draws only items of its own split (`mergelab.zoo.world.split_of`), so no
+train prompt appears in validation or test.
 Generated from a seed, saved with `datasets.save_to_disk`.
 """
 
