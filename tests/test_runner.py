@@ -332,8 +332,11 @@ def test_a_finished_run_and_its_search_are_done_again_once_their_models_are_rebu
     first = runner.run_one(config)
     spec = validate(config)
     assert set(first["models_digest"]) == {runner.models_digest(runner.locate_models(spec))}
+    assert set(first["suite_version"]) == {zoo.suite.SUITE_VERSION}
     selection = next((tmp_path / "t" / "selections").glob("*.json"))
-    assert json.loads(selection.read_text())["models_digest"] == first["models_digest"].iloc[0]
+    record = json.loads(selection.read_text())
+    assert record["models_digest"] == first["models_digest"].iloc[0]
+    assert record["suite_version"] == zoo.suite.SUITE_VERSION
 
     executed = []
     monkeypatch.setattr(runner, "execute", lambda spec: executed.append(spec) or first)
@@ -355,3 +358,41 @@ def test_a_finished_run_and_its_search_are_done_again_once_their_models_are_rebu
     monkeypatch.setattr(runner, "current_models_digest", lambda spec: "0" * 16)
     assert runner.chosen_hyperparameters(spec, None, None, torch.device("cpu")) == {"scale": 1.0}
     assert len(searches) == 1
+
+
+def test_a_run_and_its_search_are_done_again_once_their_suite_changes(micro_zoo, tmp_path, monkeypatch):
+    """A suite rebuilt at another version may give a task other examples under the same name: its finished
+    runs and searches are done again (the models unchanged), and a record without a version is kept."""
+    config = scale_search(tmp_path, (0.5, 1.0), "select_subset_seed=0")
+    first = runner.run_one(config)
+    spec = validate(config)
+    executed, searches = [], []
+    monkeypatch.setattr(runner, "execute", lambda spec: executed.append(spec) or first)
+    monkeypatch.setattr(runner, "select_on_validation", lambda *args: searches.append(args) or {"scale": 1.0})
+    monkeypatch.setattr(runner.suites, "suite_version", lambda suite: zoo.suite.SUITE_VERSION + 1)
+    assert runner.outdated(first.iloc[0], spec) == (
+        f"its zoo suite is at version {zoo.suite.SUITE_VERSION + 1} (was {zoo.suite.SUITE_VERSION})"
+    )
+    runner.run_one(config)
+    runner.chosen_hyperparameters(spec, None, None, torch.device("cpu"))
+    assert len(executed) == 1 and len(searches) == 1
+    results.write_fragment(
+        first.assign(suite_version=None), results.fragment_path("t", spec.config_hash, str(tmp_path))
+    )
+    runner.run_one(config)
+    assert len(executed) == 1
+
+
+def test_a_finished_sweep_is_launched_again_when_a_run_of_it_is_outdated(
+    micro_zoo, tmp_path, monkeypatch, capsys
+):
+    """`mergelab run` does not relaunch a sweep whose every run has a fragment, unless one of them is
+    outdated (its models rebuilt or its suite at another version): resuming after a zoo rebuild redoes it."""
+    argv = overrides(tmp_path, "experts.n_experts=2")
+    assert runner.main(argv) == 0
+    launched = []
+    monkeypatch.setattr(runner, "_launch", lambda args: launched.append(args) or 0)
+    assert runner.main(argv) == 0 and launched == []
+    monkeypatch.setattr(runner, "current_models_digest", lambda spec: "0" * 16)
+    assert runner.main(argv) == 0 and launched == [argv]
+    assert "its models were rebuilt; run " in capsys.readouterr().err

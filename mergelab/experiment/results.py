@@ -64,14 +64,16 @@ SCHEMA = pa.schema(
         ("device", pa.string()),
         ("config_hash", pa.string()),
         ("models_digest", pa.string()),  # identity of the merged models' weights (`runner.models_digest`)
+        ("suite_version", pa.int64()),  # version of the evaluation suite's task data (`suites.suite_version`)
         ("git_commit", pa.string()),
         ("created_at", pa.string()),
     ]
 )
 COLUMNS = SCHEMA.names
 LIST_COLUMNS = [field.name for field in SCHEMA if pa.types.is_list(field.type)]
-# columns added with per-example correctness, expert replicates and model digests: older rows lack them
-LATER_COLUMNS = ["chance", "chance_corrected", *LIST_COLUMNS, "replicate", "models_digest"]
+# columns added with per-example correctness, expert replicates, model digests and suite versions: older
+# rows lack them
+LATER_COLUMNS = ["chance", "chance_corrected", *LIST_COLUMNS, "replicate", "models_digest", "suite_version"]
 
 
 class ResultsError(ValueError):
@@ -88,21 +90,6 @@ def fragment_dir(study: str, results_dir: str | Path | None = None) -> Path:
 
 def fragment_path(study: str, config_hash: str, results_dir: str | Path | None = None) -> Path:
     return fragment_dir(study, results_dir) / f"{config_hash}.parquet"
-
-
-def has_fragment(study: str, config_hash: str, results_dir: str | Path | None = None) -> bool:
-    """True when the run's fragment exists and is readable with this schema (a corrupt one is not done)."""
-    path = fragment_path(study, config_hash, results_dir)
-    return path.is_file() and fragment_problem(path) is None
-
-
-def fragment_problem(path: Path) -> str | None:
-    """Why the fragment at `path` cannot be used (truncated, not parquet, another schema), or None."""
-    try:
-        read_fragment(path)
-    except ResultsError as error:
-        return str(error)
-    return None
 
 
 def to_table(rows: pd.DataFrame) -> pa.Table:

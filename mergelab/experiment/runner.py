@@ -24,6 +24,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -265,12 +266,13 @@ def chosen_hyperparameters(spec: RunSpec, tokenizer, cache: ReferenceCache, devi
     with _exclusive(path.with_name(f".{path.name}.lock")):  # parallel workers wait for one shared search
         if path.is_file() and not spec.config.force:
             record = json.loads(path.read_text())
-            if not _models_rebuilt(record.get("models_digest"), search):
+            if outdated(record, search) is None:
                 return record["hyperparameters"]
         models = locate_models(search)
         chosen = select_on_validation(search, models, task_plan(search), tokenizer, cache, device)
         record = {
             "models_digest": models_digest(models),
+            "suite_version": suites.suite_version(search.config.eval.suite),
             "hyperparameters": chosen,
             "experts": search.categories,
             "subset_seed": search.config.experts.subset_seed,
@@ -391,6 +393,7 @@ def execute(spec: RunSpec) -> pd.DataFrame:
         "device": str(device),
         "config_hash": spec.config_hash,
         "models_digest": models_digest(models),
+        "suite_version": suites.suite_version(config.eval.suite),
         "git_commit": results.git_commit(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -411,11 +414,11 @@ def run_one(cfg: Any) -> pd.DataFrame:
         except results.ResultsError as error:
             print(f"run {spec.run_id}: {error}; running it again")
         else:
-            recorded = rows["models_digest"].iloc[0] if "models_digest" in rows else None
-            if not _models_rebuilt(recorded, spec):
+            reason = outdated(rows.iloc[0], spec)
+            if reason is None:
                 print(f"run {spec.run_id}: done before, skipped ({path})")
                 return rows
-            print(f"run {spec.run_id}: its models were rebuilt since {path} was written; running it again")
+            print(f"run {spec.run_id}: {reason} since {path} was written; running it again")
     rows = execute(spec)
     results.write_fragment(rows, path)
     log_run(config, spec, rows)
@@ -423,13 +426,22 @@ def run_one(cfg: Any) -> pd.DataFrame:
     return rows
 
 
-def _models_rebuilt(recorded: object, spec: RunSpec) -> bool:
-    """Whether a result recorded with the models digest `recorded` came from other weights than the run's
-    models have now (a record without one, from before digests were kept, is taken as it is)."""
-    if not isinstance(recorded, str):
-        return False
-    current = current_models_digest(spec)
-    return current is not None and current != recorded
+def outdated(record: Mapping[str, Any], spec: RunSpec) -> str | None:
+    """Why a result or selection `record` (a row, or a selection file's fields) no longer holds for the run:
+    its models were rebuilt since (another `models_digest`) or its suite's task data changed (another
+    `suite_version`); None when it holds. A field missing from the record (written before it was kept) is
+    taken as it is."""
+    recorded_digest = record.get("models_digest")
+    if isinstance(recorded_digest, str):
+        current = current_models_digest(spec)
+        if current is not None and current != recorded_digest:
+            return "its models were rebuilt"
+    recorded_version = record.get("suite_version")
+    if recorded_version is not None and pd.notna(recorded_version):
+        current_version = suites.suite_version(spec.config.eval.suite)
+        if int(recorded_version) != current_version:
+            return f"its {spec.config.eval.suite} suite is at version {current_version} (was {int(recorded_version)})"
+    return None
 
 
 def run_study(experiment: str, overrides: list[str] | None = None) -> pd.DataFrame:
@@ -489,7 +501,10 @@ def main(argv: list[str]) -> int:
         path = results.fragment_path(spec.config.study, spec.config_hash, spec.config.results_dir)
         if not path.is_file():
             return False
-        problem = results.fragment_problem(path)
+        try:
+            problem = outdated(results.read_fragment(path).iloc[0], spec)
+        except results.ResultsError as error:
+            problem = str(error)
         if problem is not None:
             print(f"mergelab run: warning: {problem}; run {spec.run_id} runs again", file=sys.stderr)
         return problem is None

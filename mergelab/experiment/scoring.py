@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mergelab.engine.models import load_model, load_tokenizer
+from mergelab.eval import suites
 from mergelab.eval.tasks import TaskOutcome
 from mergelab.experiment.config import EvalConfig
 
@@ -42,7 +43,6 @@ def task_outcomes(
     """Accuracy / exact match of `model` on each task (name -> kind) of the `settings.suite` suite, with
     the per-example correctness behind it."""
     from mergelab import eval as ml_eval
-    from mergelab.eval import suites
 
     outcomes = {}
     for name in tqdm(list(tasks), desc=desc, disable=not progress, leave=False):
@@ -96,15 +96,12 @@ class ReferenceCache:
 
     def _file(self, model_path: str | Path, split: str, task: str) -> Path:
         options = f"{split}-n{self.settings.max_examples}-ln{int(self.settings.length_normalize)}"
-        if self.settings.suite == "zoo":  # a rebuilt suite may change a task's examples under its name
-            from mergelab.zoo.suite import SUITE_VERSION
-
-            options += f"-zoo{SUITE_VERSION}"
-        else:
+        # a rebuilt suite may change a task's examples under its name
+        options += f"-{self.settings.suite}{suites.suite_version(self.settings.suite)}"
+        if self.settings.suite == "t0":
             from mergelab.eval.suites import t0
 
-            source = hashlib.sha256(str(t0.data_dir(self.settings.data_dir)).encode()).hexdigest()[:8]
-            options += f"-{self.settings.suite}{t0.SUITE_VERSION}-{source}"
+            options += f"-{hashlib.sha256(str(t0.data_dir(self.settings.data_dir)).encode()).hexdigest()[:8]}"
         return self.root / model_fingerprint(model_path) / options / f"{task}.json"
 
     def outcomes(

@@ -26,6 +26,20 @@ def load_suite(suite: str) -> TaskSuite:
     raise ValueError(f"eval.suite: {suite!r} is not allowed; allowed: {', '.join(SUITES)}")
 
 
+def suite_version(suite: str) -> int:
+    """Version of `suite`'s task data, bumped whenever a task's examples, template or split change: results
+    and cached references computed under another version are not reused."""
+    if suite == "zoo":
+        from mergelab.zoo.suite import SUITE_VERSION
+
+        return SUITE_VERSION
+    if suite == "t0":
+        from mergelab.eval.suites import t0
+
+        return t0.SUITE_VERSION
+    raise ValueError(f"eval.suite: {suite!r} is not allowed; allowed: {', '.join(SUITES)}")
+
+
 def load_task(suite: str, name: str, split: str, data_dir: str | None = None) -> datasets.Dataset:
     """One split of one task of `suite`, with columns prompt, target, choices, label."""
     if suite == "zoo":
