@@ -120,6 +120,15 @@ def test_expert_subsets_are_seeded_and_in_suite_order(micro_zoo):
     assert chosen.categories == [held_in[1], held_in[3]]
 
 
+@pytest.mark.parametrize("method", ["breadcrumbs", "della", "tsv", "iso_c"])
+def test_the_newer_methods_have_a_validation_grid_of_valid_points(micro_zoo, method):
+    """`select=validation` works for them out of the box: the default config gives each a grid, and every
+    point of it is a valid setting of the method (validate checks each)."""
+    spec = validate(compose(["select=validation", f"merge={method}"]))
+    grid = spec.config.select_grid[method]
+    assert grid["scale"] and all(value > 0 for value in grid["scale"])
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
@@ -134,7 +143,7 @@ def test_expert_subsets_are_seeded_and_in_suite_order(micro_zoo):
         (["merge.sine=sum"], "unknown key 'merge.sine'; allowed keys: method, density, scale"),
         (["+merge.sine=sum"], "merge: unknown hyperparameter(s) ['sine'] for method 'ties'"),
         (["select=validation", "eval=held_out"], "select: 'validation' needs eval.held_in=true"),
-        (["select=validation", "merge=della"], "select_grid: no grid for method 'della'"),
+        (["select=validation", "merge=fisher"], "select_grid: no grid for method 'fisher'"),
         (["device=gpu"], "device: 'gpu' is not allowed; allowed: auto, cpu, cuda"),
         (["model=t5-base"], "model.arch: 'seq2seq_lm' is evaluated only on the T0 suite (eval=t0)"),
         (["model=pythia-410m", "model.path=null"], "model.path: required for the hub preset 'pythia-410m'"),
