@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 from mergelab import zoo
 from mergelab.zoo import ladder
@@ -365,3 +367,31 @@ def test_out_of_memory_during_training_is_a_clear_error(micro_zoo, monkeypatch):
     monkeypatch.undo()
     zoo.build("micro", device="cpu", progress=False)
     assert read_manifest(expert)
+
+
+def test_the_instruction_tuning_trains_at_its_own_learning_rate(micro_zoo, tmp_path, monkeypatch):
+    """`SizeSpec.it_lr` sets the instruction tuning's learning rate and no other component's (the experts
+    keep `finetune_lr`); unset, the tuning takes `finetune_lr` too."""
+    from mergelab.zoo.cache import zoo_home
+
+    home = tmp_path / "home"
+    (home / "zoo" / "micro" / "base").mkdir(parents=True)
+    (home / "zoo" / "micro" / "base" / "base").symlink_to(zoo.model_path("micro", "base", "base"))
+    for entry in ("suite", "tokenizer"):
+        (home / "zoo" / entry).symlink_to(zoo_home() / entry)
+    monkeypatch.setenv("MERGELAB_HOME", str(home))
+    rates: dict[str, float] = {}
+
+    def record(model, next_batch, *, learning_rate, desc, **options):
+        rates[desc] = learning_rate
+        return 0.0
+
+    monkeypatch.setattr(ladder, "train_loop", record)
+    spec = ladder.SIZES["micro"]
+    tuned = dataclasses.replace(spec, it_lr=spec.finetune_lr / 4)
+    only = {"it", ladder.expert_name("base", "color")}
+    ladder._build_components("micro", tuned, torch.device("cpu"), False, only=only)
+    assert rates == {"micro it": spec.finetune_lr / 4, "micro base expert color": spec.finetune_lr}
+    shutil.rmtree(home / "zoo" / "micro" / "it")
+    ladder._build_components("micro", spec, torch.device("cpu"), False, only={"it"})
+    assert rates["micro it"] == spec.finetune_lr
