@@ -139,11 +139,7 @@ SIZES: dict[str, SizeSpec] = {
     ),
     # m and l pretrain long enough for the validation loss to fall along the ladder (measured 2026-12-07:
     # m 1,500 steps at 1.5e-3 0.958, 5,000 at 1.5e-3 0.943, 3,500 at 1e-3 0.930; l 1,200 steps 0.962,
-    # 3,000 steps 0.930; s 0.940, xs 0.952). Their experts train 0.45 (m) and 0.4 (l; words 0.6) of the
-    # steps they had, which brings the ladder with both expert replicates under 90 CPU-minutes; on the own
-    # category's validation split at 0.45, built expert in brackets: m friend 0.975 [0.985], words 0.855
-    # [0.93], size 1.00 [1.00]; l friend 0.94 [0.94], size 0.96 [0.965]; l words 0.735 [0.79] at 0.6 and
-    # 0.58 at 0.45, hence its larger share (results/zoo/README.md).
+    # 3,000 steps 0.930; s 0.940, xs 0.952).
     "m": SizeSpec(
         hidden=192,
         layers=4,
@@ -151,7 +147,7 @@ SIZES: dict[str, SizeSpec] = {
         intermediate=512,
         pretrain_steps=3500,
         it_steps=100,
-        expert_steps=180,
+        expert_steps=400,
         multitask_steps=600,
         pretrain_lr=1e-3,
         finetune_lr=7e-4,
@@ -167,12 +163,12 @@ SIZES: dict[str, SizeSpec] = {
         intermediate=768,
         pretrain_steps=3000,
         it_steps=100,
-        expert_steps=120,
+        expert_steps=300,
         multitask_steps=450,
         pretrain_lr=1e-3,
         finetune_lr=5e-4,
         rehearsal_batch=4,
-        expert_step_scale={"words": 3.0},
+        expert_step_scale={"words": 2.0},
     ),
 }
 LADDER = ["xs", "s", "m", "l"]
