@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -182,3 +183,27 @@ def test_chance_corrected_aggregates_leave_out_references_near_chance():
     run = report.summarize_runs(larger[larger["config_hash"] == "xsties20"]).iloc[0]
     assert run["held_out_chance"] == pytest.approx((0.6 - 0.25) / (0.4 - 0.25))
     assert run["held_out"] == pytest.approx(1.5)  # the ratio view keeps every task with a defined ratio
+
+
+def test_figures_are_the_same_on_every_run(tmp_path):
+    """The error bands are bootstrapped: seeded, a report drawn twice from the same rows gives the same
+    bytes (unseeded, every `mergelab report` redrew them differently)."""
+    base = report.summarize_runs(fixture_rows())
+    noise = np.random.default_rng(0)
+    summary = pd.concat(
+        [
+            base.assign(
+                subset_seed=seed,
+                held_in=base["held_in"] + noise.normal(0, 0.1, len(base)),
+                held_out=base["held_out"] + noise.normal(0, 0.1, len(base)),
+            )
+            for seed in range(6)
+        ],
+        ignore_index=True,
+    )
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    first = report.draw_figures(summary, tmp_path / "first")
+    second = report.draw_figures(summary, tmp_path / "second")
+    assert [path.name for path in first] == [path.name for path in second] and first
+    assert all(one.read_bytes() == two.read_bytes() for one, two in zip(first, second))

@@ -179,6 +179,7 @@ def draw_figures(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
         "facet_kws": {"sharey": False},
         "height": 3.2,
         "aspect": 1.2,
+        "seed": 0,  # the error bands' bootstrap: the same figure on every run
     }
 
     def save(grid, name: str) -> Path:

@@ -251,7 +251,7 @@ def _draw(kind: str, data: pd.DataFrame, path: Path, **style) -> Path:
         value_name="normalized score",
     ).dropna(subset=["normalized score"])
     plot = sns.catplot if kind == "bar" else sns.relplot
-    grid = plot(data=long, y="normalized score", kind=kind, height=3.0, aspect=1.2, **style)
+    grid = plot(data=long, y="normalized score", kind=kind, height=3.0, aspect=1.2, seed=0, **style)
     grid.set_titles("{row_name} | {col_name}", size=9)
     if kind == "bar":
         grid.tick_params(axis="x", labelrotation=20)
