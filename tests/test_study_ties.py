@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from mergelab.experiment import report, results, runner
+from mergelab.studies import ties
 from tests.zoo_fixture import require_golden_micro_zoo
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -180,3 +181,21 @@ def test_each_expert_replicate_is_a_condition_of_its_own():
     at = overall.set_index("variant")
     assert at.loc["w/o elect", "conditions"] == 2
     assert at.loc["w/o elect", "d_held_in"] == "-20.0 [-30.0, -10.0]"
+
+
+def test_the_study_figures_are_the_same_on_every_run(tmp_path):
+    """Bars with several runs each carry bootstrapped error bars: seeded, drawing twice gives the same bytes."""
+    noise = np.random.default_rng(0)
+    data = pd.DataFrame(
+        {
+            "model": ["xs"] * 24,
+            "method": ["ties", "average"] * 12,
+            "setting": ["base"] * 12 + ["it"] * 12,
+            "held_in": noise.uniform(0.3, 0.9, 24),
+            "held_out": noise.uniform(0.8, 1.1, 24),
+        }
+    )
+    style = {"x": "method", "hue": "setting", "col": "tasks", "row": "model"}
+    first = ties._draw("bar", data, tmp_path / "first.png", **style)
+    second = ties._draw("bar", data, tmp_path / "second.png", **style)
+    assert first.read_bytes() == second.read_bytes()
