@@ -39,10 +39,10 @@ def held_back(entity: str) -> bool:
 def encode_seen_entities(tokenizer, name: str, split: str = "train"):
     """`ladder.encode_task` without the examples about a held-back entity."""
     data = load_task(name, split)
-    data = data.select([index for index, entity in enumerate(data["entity"]) if not held_back(entity)])
-    prompts = tokenizer(list(data["prompt"])).input_ids
-    answers = tokenizer(list(data["target"]), add_special_tokens=False).input_ids
-    return [(prompt, answer + [tokenizer.eos_token_id]) for prompt, answer in zip(prompts, answers)]
+    return ladder.encode_examples(
+        tokenizer,
+        data.select([index for index, entity in enumerate(data["entity"]) if not held_back(entity)]),
+    )
 
 
 def held_out_score(path: Path) -> tuple[float, dict[str, float]]:
@@ -83,14 +83,18 @@ def main() -> int:
     overrides = {field: json.loads(value) for field, value in (item.split("=", 1) for item in args.set)}
     torch.set_num_threads(1)
     base, base_tasks = held_out_score(zoo_home() / args.size / "base" / "base")
-    print(f"pretrained base: {base:.4f} {json.dumps({k: round(v, 3) for k, v in base_tasks.items()})}")
+    print(
+        f"pretrained base: {base:.4f} {json.dumps({task: round(score, 3) for task, score in base_tasks.items()})}"
+    )
     scores = []
     for seed in args.seeds:
         spec = dataclasses.replace(ladder.SIZES[args.size], **overrides, seed=seed)
         with tempfile.TemporaryDirectory(prefix="it-trial-") as home:
             score, per_task = held_out_score(tune(args.size, spec, Path(home)))
         scores.append(score)
-        print(f"it seed {seed}: {score:.4f} {json.dumps({k: round(v, 3) for k, v in per_task.items()})}")
+        print(
+            f"it seed {seed}: {score:.4f} {json.dumps({task: round(value, 3) for task, value in per_task.items()})}"
+        )
     print(
         f"{args.size} {overrides}: it {sum(scores) / len(scores):.4f} over seeds {args.seeds}, base {base:.4f}"
     )

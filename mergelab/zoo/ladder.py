@@ -269,7 +269,11 @@ def _suite_texts() -> Iterator[str]:
 
 def encode_task(tokenizer, name: str, split: str = "train") -> list[tuple[list[int], list[int]]]:
     """(prompt ids with <bos>, answer ids + <eos>) for every example of one task split."""
-    data = load_task(name, split)
+    return encode_examples(tokenizer, load_task(name, split))
+
+
+def encode_examples(tokenizer, data) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids with <bos>, answer ids + <eos>) for every row (prompt, target) of `data`."""
     prompts = tokenizer(list(data["prompt"])).input_ids
     answers = tokenizer(list(data["target"]), add_special_tokens=False).input_ids
     return [(prompt, answer + [tokenizer.eos_token_id]) for prompt, answer in zip(prompts, answers)]
