@@ -6,8 +6,10 @@ against a one-example-at-a-time loop (target >= 10x).
 
 With --step, times instead one pretraining step of each size on the CPU (at the size's thread count and
 shapes, random tokens): forward, backward and optimizer separately, for the training loop as it was
-(full-vocabulary logits under an all-ones attention mask, the library's loss, single-tensor AdamW) and as it
-is (`mergelab.zoo.train.labelled_loss` without a mask, multi-tensor AdamW), with tokens per second.
+(full-vocabulary logits under an all-ones attention mask, the library's loss, single-tensor AdamW), as it
+is (`mergelab.zoo.train.labelled_loss` without a mask, multi-tensor AdamW), and as it is under bf16
+autocast, under `torch.compile` and under both, with tokens per second, the speed-up over the current loop
+and the first (compiling) step's seconds.
 
 usage: python scripts/bench_zoo.py --sizes micro xs [--device cpu] [--keep DIR]
        python scripts/bench_zoo.py --step --sizes xs s [--repeats 20]
@@ -32,9 +34,13 @@ def time_build(size: str, device: str) -> float:
     return time.perf_counter() - started
 
 
-def time_step(size: str, fast: bool, repeats: int) -> dict[str, float]:
+LOOPS = ("before", "current", "bf16", "compiled", "compiled bf16")
+
+
+def time_step(size: str, loop: str, repeats: int) -> dict[str, float]:
     """Mean milliseconds of forward, backward and optimizer of one pretraining step of `size` (after 3 warm-up
-    steps), and tokens per second, for the old (`fast=False`) or the current training step."""
+    steps), tokens per second and the first step's seconds, for one of `LOOPS`: the old step, the current one,
+    or the current one under bf16 autocast and/or `torch.compile` of its loss."""
     import torch
     from transformers import LlamaForCausalLM
 
@@ -46,17 +52,20 @@ def time_step(size: str, fast: bool, repeats: int) -> dict[str, float]:
     torch.manual_seed(0)
     vocab = 280
     model = LlamaForCausalLM(size_config(spec, vocab)).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=fast)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=loop != "before")
     tokens = torch.randint(
         0, vocab, (spec.batch_size, spec.seq_len), generator=torch.Generator().manual_seed(0)
     )
+    loss_of = torch.compile(labelled_loss) if loop.startswith("compiled") else labelled_loss
     totals = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+    first_step = 0.0
     for step in range(repeats + 3):
         started = time.perf_counter()
-        if fast:
-            loss = labelled_loss(model, tokens, tokens)
-        else:
+        if loop == "before":
             loss = model(input_ids=tokens, attention_mask=torch.ones_like(tokens), labels=tokens).loss
+        else:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=loop.endswith("bf16")):
+                loss = loss_of(model, tokens, tokens)
         forward = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -64,6 +73,8 @@ def time_step(size: str, fast: bool, repeats: int) -> dict[str, float]:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         done = time.perf_counter()
+        if step == 0:
+            first_step = done - started
         if step >= 3:
             totals["forward"] += forward - started
             totals["backward"] += backward - forward
@@ -71,19 +82,25 @@ def time_step(size: str, fast: bool, repeats: int) -> dict[str, float]:
     result = {name: 1000 * seconds / repeats for name, seconds in totals.items()}
     result["step"] = sum(result.values())
     result["tokens_per_s"] = spec.batch_size * spec.seq_len / (result["step"] / 1000)
+    result["first_step_s"] = first_step
     return result
 
 
 def print_step_times(sizes: list[str], repeats: int) -> None:
     print(f"load average {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} CPU cores")
-    print("size     loop      forward ms  backward ms  optimizer ms  step ms  tokens/s")
+    print(
+        "size     loop           forward ms  backward ms  optimizer ms  step ms  tokens/s  vs current  first s"
+    )
     for size in sizes:
-        for fast in (False, True):
-            times = time_step(size, fast, repeats)
+        current = None
+        for loop in LOOPS:
+            times = time_step(size, loop, repeats)
+            current = times["step"] if loop == "current" else current
+            ratio = f"{current / times['step']:.2f}x" if current else "-"
             print(
-                f"{size:<8} {'current' if fast else 'before':<9} {times['forward']:>10.1f} "
-                f"{times['backward']:>12.1f} {times['optimizer']:>13.1f} {times['step']:>8.1f} "
-                f"{times['tokens_per_s']:>9.0f}"
+                f"{size:<8} {loop:<14} {times['forward']:>10.1f} {times['backward']:>12.1f} "
+                f"{times['optimizer']:>13.1f} {times['step']:>8.1f} {times['tokens_per_s']:>9.0f} "
+                f"{ratio:>11} {times['first_step_s']:>8.1f}"
             )
 
 
