@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from mergelab import zoo
 from mergelab.zoo import ladder
@@ -395,3 +396,52 @@ def test_the_instruction_tuning_trains_at_its_own_learning_rate(micro_zoo, tmp_p
     shutil.rmtree(home / "zoo" / "micro" / "it")
     ladder._build_components("micro", spec, torch.device("cpu"), False, only={"it"})
     assert rates["micro it"] == spec.finetune_lr
+
+
+def test_the_it_base_keeps_its_share_of_the_tuning_and_the_experts_all_of_theirs(
+    micro_zoo, tmp_path, monkeypatch
+):
+    """`SizeSpec.it_interpolation` puts the it base that far from the pretrained base toward the tuned
+    weights (WiSE-FT), the tied embedding once; an expert keeps its whole change."""
+    from mergelab.zoo.cache import zoo_home
+
+    home = tmp_path / "home"
+    (home / "zoo" / "micro" / "base").mkdir(parents=True)
+    (home / "zoo" / "micro" / "base" / "base").symlink_to(zoo.model_path("micro", "base", "base"))
+    for entry in ("suite", "tokenizer"):
+        (home / "zoo" / entry).symlink_to(zoo_home() / entry)
+    monkeypatch.setenv("MERGELAB_HOME", str(home))
+
+    def add_one(model, next_batch, **options):
+        with torch.no_grad():
+            for weight in model.parameters():
+                weight.add_(1.0)
+        return 0.0
+
+    monkeypatch.setattr(ladder, "train_loop", add_one)
+    spec = dataclasses.replace(ladder.SIZES["micro"], it_interpolation=0.25)
+    only = {"it", ladder.expert_name("base", "color")}
+    ladder._build_components("micro", spec, torch.device("cpu"), False, only=only)
+    base = AutoModelForCausalLM.from_pretrained(zoo.model_path("micro", "base", "base")).state_dict()
+    tuned = AutoModelForCausalLM.from_pretrained(zoo.model_path("micro", "it", "base")).state_dict()
+    expert = AutoModelForCausalLM.from_pretrained(zoo.model_path("micro", "base", "expert", "color"))
+    for name, weight in expert.state_dict().items():
+        torch.testing.assert_close(tuned[name], base[name] + 0.25, msg=name)
+        torch.testing.assert_close(weight, base[name] + 1.0, msg=name)
+
+
+def test_the_corpus_is_encoded_once_per_process_until_its_file_changes(micro_zoo):
+    first = ladder.encoded_corpus("train")
+    assert ladder.encoded_corpus("train") is first
+    tokenizer = ladder.build_tokenizer()
+    expected = tokenizer(" ".join(corpus_lines("train")), add_special_tokens=False).input_ids
+    assert first.tolist() == expected
+    corpus = ladder.build_suite() / "corpus_train.txt"
+    original = corpus.read_text()
+    try:
+        corpus.write_text("the friend of\n" + original)
+        changed = ladder.encoded_corpus("train")
+        assert changed is not first
+        assert changed[: len(first)].tolist() != first.tolist()
+    finally:
+        corpus.write_text(original)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import multiprocessing
 import time
 from collections.abc import Iterator
@@ -89,14 +90,27 @@ class SizeSpec:
     it_rehearsal_batch: int = 16
     it_rehearsal_weight: float = 1.0
     it_lr: float | None = None  # the instruction tuning's learning rate (None: finetune_lr)
-    # Categories whose experts train longer than `expert_steps` (a multiple of it): the ones that missed
-    # the zoo card's gate as built with suite v4 (xs place r1 0.87; l words 0.37, +0.285 over its base).
+    # The share of its own weight change that the it base keeps: below 1 its weights lie that far along the
+    # line from the pretrained base to the tuned model (WiSE-FT, Wortsman et al. 2022), which keeps more of
+    # what the pretrained base knows about entities the tuning never asks about. Chosen at xs on the
+    # held-back entities of scripts/it_recipe_trial.py, three tuning seeds each (pretrained base 0.825):
+    # share 1 0.827 / 0.799 / 0.794, 0.75 0.837 / 0.803 / 0.825, 0.5 0.841 / 0.837 / 0.844, 0.25 0.839 /
+    # 0.833 / 0.836 (results/zoo/README.md).
+    it_interpolation: float = 1.0
+    # Categories whose experts train for a multiple of `expert_steps`: longer, the ones that missed the zoo
+    # card's gate as built with suite v4 (xs place r1 0.87; l words 0.37, +0.285 over its base); shorter,
+    # at xs, m and l, the SHORT_EXPERT_CATEGORIES, which fits the ladder into its CPU budget.
     expert_step_scale: dict[str, float] = field(default_factory=dict)
 
     def steps_for_expert(self, category: str) -> int:
         """Fine-tuning steps of one held-in category's expert."""
         return round(self.expert_steps * self.expert_step_scale.get(category, 1.0))
 
+
+# The categories whose experts reach their gate with a fraction of the steps (validation split, experts
+# trained from the built bases; results/zoo/README.md): classification and lookup. The generative words and
+# arithmetic experts keep every step (at 0.4-0.45 of them arithmetic fell from 0.97-0.99 to 0.10-0.90).
+SHORT_EXPERT_CATEGORIES = ("color", "place", "food", "size", "number", "friend")
 
 SIZES: dict[str, SizeSpec] = {
     "micro": SizeSpec(
@@ -122,7 +136,8 @@ SIZES: dict[str, SizeSpec] = {
         multitask_steps=3000,
         it_rehearsal_batch=64,
         it_rehearsal_weight=3.0,
-        expert_step_scale={"place": 1.5},
+        it_interpolation=0.5,
+        expert_step_scale=dict.fromkeys(SHORT_EXPERT_CATEGORIES, 0.6) | {"place": 0.9},
     ),
     "s": SizeSpec(
         hidden=128,
@@ -155,6 +170,7 @@ SIZES: dict[str, SizeSpec] = {
         it_rehearsal_batch=32,
         it_rehearsal_weight=3.0,
         it_lr=1.5e-4,
+        expert_step_scale=dict.fromkeys(SHORT_EXPERT_CATEGORIES, 0.45),
     ),
     "l": SizeSpec(
         hidden=256,
@@ -168,7 +184,7 @@ SIZES: dict[str, SizeSpec] = {
         pretrain_lr=1e-3,
         finetune_lr=5e-4,
         rehearsal_batch=4,
-        expert_step_scale={"words": 2.0},
+        expert_step_scale=dict.fromkeys(SHORT_EXPERT_CATEGORIES, 0.4) | {"words": 2.0},
     ),
 }
 LADDER = ["xs", "s", "m", "l"]
@@ -277,6 +293,30 @@ def encode_examples(tokenizer, data) -> list[tuple[list[int], list[int]]]:
     prompts = tokenizer(list(data["prompt"])).input_ids
     answers = tokenizer(list(data["target"]), add_special_tokens=False).input_ids
     return [(prompt, answer + [tokenizer.eos_token_id]) for prompt, answer in zip(prompts, answers)]
+
+
+def encoded_corpus(split: str) -> torch.Tensor:
+    """The zoo tokenizer's ids of one corpus split, encoded once per process for each version of the corpus
+    and tokenizer files: a build's worker process trains many components in turn, and encoding the corpus
+    cost each of them 1.3 s."""
+    files = (build_suite() / f"corpus_{split}.txt", tokenizer_path() / "tokenizer.json")
+    build_tokenizer()
+    versions = tuple((str(path), path.stat().st_mtime_ns, path.stat().st_size) for path in files)
+    return _encoded_corpus(split, versions)
+
+
+@functools.lru_cache(maxsize=4)
+def _encoded_corpus(split: str, versions: tuple[tuple[str, int, int], ...]) -> torch.Tensor:
+    text = " ".join(corpus_lines(split))
+    return torch.tensor(build_tokenizer()(text, add_special_tokens=False).input_ids)
+
+
+@torch.no_grad()
+def interpolate_from(model: torch.nn.Module, start_weights: dict[str, torch.Tensor], share: float) -> None:
+    """Move each of `model`'s parameters back toward its value in `start_weights`, keeping `share` of the
+    change (tied parameters once: `named_parameters` lists a shared tensor under one name)."""
+    for name, weight in model.named_parameters():
+        weight.copy_(torch.lerp(start_weights[name], weight, share))
 
 
 def _save(model, tokenizer, path: Path, manifest: dict) -> None:
@@ -435,19 +475,11 @@ def _build_components(
     pretrain_seed = spec.seed + INIT_SEED_STEP * init
     encoded: dict[str, list[tuple[list[int], list[int]]]] = {}
 
-    streams: dict[str, torch.Tensor] = {}
-
     def examples_of(tasks: list[str]) -> list[tuple[list[int], list[int]]]:
         for name in tasks:
             if name not in encoded:
                 encoded[name] = encode_task(tokenizer, name)
         return [example for name in tasks for example in encoded[name] * TASK_WEIGHTS.get(name, 1)]
-
-    def corpus_stream(split: str) -> torch.Tensor:
-        if split not in streams:
-            text = " ".join(corpus_lines(split))
-            streams[split] = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids)
-        return streams[split]
 
     def pretrain():
         config = size_config(
@@ -461,7 +493,7 @@ def _build_components(
         model = LlamaForCausalLM(config)
         loss = train_loop(
             model,
-            packed_batches(corpus_stream("train"), spec.batch_size, spec.seq_len),
+            packed_batches(encoded_corpus("train"), spec.batch_size, spec.seq_len),
             steps=spec.pretrain_steps,
             learning_rate=spec.pretrain_lr,
             seed=pretrain_seed,
@@ -469,7 +501,7 @@ def _build_components(
             desc=f"{size} pretrain" + (f" init {init}" if init else ""),
             progress=progress,
         )
-        val_loss = stream_loss(model, corpus_stream("validation"), spec.seq_len, compute)
+        val_loss = stream_loss(model, encoded_corpus("validation"), spec.seq_len, compute)
         params = sum(p.numel() for p in model.parameters())
         return model.cpu(), common | {"train_loss": loss, "val_loss": val_loss, "parameters": params}
 
@@ -482,9 +514,15 @@ def _build_components(
         rehearsal_batch: int = 0,
         rehearsal_weight: float = 1.0,
         learning_rate: float | None = None,
+        interpolation: float = 1.0,
     ):
         def run():
             model = AutoModelForCausalLM.from_pretrained(start)
+            start_weights = (
+                {name: weight.detach().clone() for name, weight in model.named_parameters()}
+                if interpolation != 1.0
+                else None
+            )
             loss = train_loop(
                 model,
                 answer_batches(examples_of(tasks), spec.batch_size, tokenizer.pad_token_id),
@@ -495,11 +533,14 @@ def _build_components(
                 desc=desc,
                 progress=progress,
                 rehearsal=packed_batches(
-                    corpus_stream("train"), rehearsal_batch or spec.rehearsal_batch, spec.seq_len
+                    encoded_corpus("train"), rehearsal_batch or spec.rehearsal_batch, spec.seq_len
                 ),
                 rehearsal_weight=rehearsal_weight,
             )
-            return model.cpu(), common | {"train_loss": loss, "tasks": tasks}
+            model.cpu()
+            if start_weights is not None:
+                interpolate_from(model, start_weights, interpolation)
+            return model, common | {"train_loss": loss, "tasks": tasks}
 
         return run
 
@@ -533,6 +574,7 @@ def _build_components(
             spec.it_rehearsal_batch,
             spec.it_rehearsal_weight,
             spec.it_lr,
+            spec.it_interpolation,
         ),
         report,
         only,
