@@ -99,7 +99,7 @@ class SizeSpec:
     it_interpolation: float = 1.0
     # Categories whose experts train for a multiple of `expert_steps`: longer, the ones that missed the zoo
     # card's gate as built with suite v4 (xs place r1 0.87; l words 0.37, +0.285 over its base); shorter,
-    # at xs, m and l, the SHORT_EXPERT_CATEGORIES, which fits the ladder into its CPU budget.
+    # the SHORT_EXPERT_CATEGORIES, which fits the ladder into its CPU budget.
     expert_step_scale: dict[str, float] = field(default_factory=dict)
 
     def steps_for_expert(self, category: str) -> int:
@@ -151,6 +151,7 @@ SIZES: dict[str, SizeSpec] = {
         pretrain_lr=2e-3,
         rehearsal_batch=4,
         it_rehearsal_weight=3.0,
+        expert_step_scale=dict.fromkeys(SHORT_EXPERT_CATEGORIES, 0.6),
     ),
     # m and l pretrain long enough for the validation loss to fall along the ladder (measured 2026-12-07:
     # m 1,500 steps at 1.5e-3 0.958, 5,000 at 1.5e-3 0.943, 3,500 at 1e-3 0.930; l 1,200 steps 0.962,
