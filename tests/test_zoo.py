@@ -370,9 +370,9 @@ def test_out_of_memory_during_training_is_a_clear_error(micro_zoo, monkeypatch):
     assert read_manifest(expert)
 
 
-def test_the_instruction_tuning_trains_at_its_own_learning_rate(micro_zoo, tmp_path, monkeypatch):
-    """`SizeSpec.it_lr` sets the instruction tuning's learning rate and no other component's (the experts
-    keep `finetune_lr`); unset, the tuning takes `finetune_lr` too."""
+def scratch_home_over_the_micro_base(tmp_path: Path, monkeypatch) -> Path:
+    """Point MERGELAB_HOME at an empty zoo that shares the micro zoo's pretrained base, suite and tokenizer,
+    so a test can build the other components there."""
     from mergelab.zoo.cache import zoo_home
 
     home = tmp_path / "home"
@@ -381,6 +381,13 @@ def test_the_instruction_tuning_trains_at_its_own_learning_rate(micro_zoo, tmp_p
     for entry in ("suite", "tokenizer"):
         (home / "zoo" / entry).symlink_to(zoo_home() / entry)
     monkeypatch.setenv("MERGELAB_HOME", str(home))
+    return home
+
+
+def test_the_instruction_tuning_trains_at_its_own_learning_rate(micro_zoo, tmp_path, monkeypatch):
+    """`SizeSpec.it_lr` sets the instruction tuning's learning rate and no other component's (the experts
+    keep `finetune_lr`); unset, the tuning takes `finetune_lr` too."""
+    home = scratch_home_over_the_micro_base(tmp_path, monkeypatch)
     rates: dict[str, float] = {}
 
     def record(model, next_batch, *, learning_rate, desc, **options):
@@ -403,14 +410,7 @@ def test_the_it_base_keeps_its_share_of_the_tuning_and_the_experts_all_of_theirs
 ):
     """`SizeSpec.it_interpolation` puts the it base that far from the pretrained base toward the tuned
     weights (WiSE-FT), the tied embedding once; an expert keeps its whole change."""
-    from mergelab.zoo.cache import zoo_home
-
-    home = tmp_path / "home"
-    (home / "zoo" / "micro" / "base").mkdir(parents=True)
-    (home / "zoo" / "micro" / "base" / "base").symlink_to(zoo.model_path("micro", "base", "base"))
-    for entry in ("suite", "tokenizer"):
-        (home / "zoo" / entry).symlink_to(zoo_home() / entry)
-    monkeypatch.setenv("MERGELAB_HOME", str(home))
+    scratch_home_over_the_micro_base(tmp_path, monkeypatch)
 
     def add_one(model, next_batch, **options):
         with torch.no_grad():
