@@ -109,7 +109,8 @@ class SizeSpec:
 
 # The categories whose experts reach their gate with a fraction of the steps (validation split, experts
 # trained from the built bases; results/zoo/README.md): classification and lookup. The generative words and
-# arithmetic experts keep every step (at 0.4-0.45 of them arithmetic fell from 0.97-0.99 to 0.10-0.90).
+# arithmetic experts keep every step (at 0.4-0.45 of them arithmetic fell on test from 0.97-0.99 to
+# 0.14-0.41 at l and 0.73-0.93 at m).
 SHORT_EXPERT_CATEGORIES = ("color", "place", "food", "size", "number", "friend")
 
 SIZES: dict[str, SizeSpec] = {
@@ -137,6 +138,7 @@ SIZES: dict[str, SizeSpec] = {
         it_rehearsal_batch=64,
         it_rehearsal_weight=3.0,
         it_interpolation=0.5,
+        # place: 0.6 of the 1.5x it took to pass the gate as built with suite v4 (place r1 0.87 at 1x)
         expert_step_scale=dict.fromkeys(SHORT_EXPERT_CATEGORIES, 0.6) | {"place": 0.9},
     ),
     "s": SizeSpec(
